@@ -1,0 +1,276 @@
+"""Typed configuration: dataclasses loaded from YAML, validated on load, overridable as `key.sub=value`.
+
+Every error names the offending key and what is allowed. The task's own sections (`task`, `model`) are
+dataclasses that the task registers; `load_config` resolves them, so a typo anywhere is caught at load time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+@dataclass
+class TimeConfig:
+    dist: str = "uniform"          # uniform | logit_normal
+    mean: float = 0.0              # logit-normal location (prior at t = 0, data at t = 1)
+    std: float = 1.0
+    ratio_neq: float = 0.25        # share of the batch with r != t
+    ratio_one_step: float = 0.0    # share with (t, r) = (0, 1), included in ratio_neq
+
+    def validate(self, key: str) -> None:
+        check(self.dist in ("uniform", "logit_normal"), f"{key}.dist", "must be 'uniform' or 'logit_normal'")
+        check(self.std > 0, f"{key}.std", "must be > 0")
+        check(0 <= self.ratio_neq <= 1, f"{key}.ratio_neq", "must be in [0, 1]")
+        check(0 <= self.ratio_one_step <= self.ratio_neq, f"{key}.ratio_one_step", "must be in [0, ratio_neq]")
+
+
+@dataclass
+class FlowConfig:
+    sigma: float = 0.0             # data smoothing x1 = x_data + σ·ε1, 0 <= σ < σ_min
+    adaptive_p: float = 1.0        # adaptive loss weight 1/(‖Δ‖² + c)^p; p = 0 is plain MSE
+    adaptive_c: float = 1e-3
+    jvp: str = "func"              # func | autograd
+    coupling: str = "independent"  # coupling of the L_CMFM path: independent | minibatch_ot
+    time: TimeConfig = field(default_factory=TimeConfig)
+
+    def validate(self, key: str) -> None:
+        check(self.sigma >= 0, f"{key}.sigma", "must be >= 0")
+        check(self.adaptive_p >= 0, f"{key}.adaptive_p", "must be >= 0")
+        check(self.adaptive_c > 0, f"{key}.adaptive_c", "must be > 0")
+        check(self.jvp in ("func", "autograd"), f"{key}.jvp", "must be 'func' or 'autograd'")
+        check(self.coupling in ("independent", "minibatch_ot"), f"{key}.coupling",
+              "must be 'independent' or 'minibatch_ot'")
+        self.time.validate(f"{key}.time")
+
+
+@dataclass
+class RMFlowConfig:
+    lambda_nll: float = 0.0        # λ1; 0 = plain MeanFlow
+    lambda_enc: float = 0.0        # λ2, penalty on ‖φ_ω(c)‖² for guided sources
+    sigma_min: float = 0.1         # refinement: x̂1 + sqrt(σ_min² - σ²)·ε2
+    pairing: str = "teacher"       # independent | minibatch_ot | inverse | self | teacher
+    teacher_steps: int = 32        # k of the k-step MeanFlow partner (self / teacher)
+    teacher_source: str = "ema"    # ema | model: what the frozen teacher is copied from
+    nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
+    refine: str = "fixed"          # fixed | learned
+    sigma_c: float = 1e-3          # guided-encoding source noise
+
+    def validate(self, key: str, sigma: float) -> None:
+        from .flow import PAIRINGS
+        check(self.lambda_nll >= 0, f"{key}.lambda_nll", "must be >= 0")
+        check(self.lambda_enc >= 0, f"{key}.lambda_enc", "must be >= 0")
+        check(self.sigma_min > sigma, f"{key}.sigma_min",
+              f"must be > flow.sigma ({sigma}); got {self.sigma_min} (the refinement variance σ_min² - σ² must be > 0)")
+        check(self.pairing in PAIRINGS, f"{key}.pairing", f"must be one of {PAIRINGS}")
+        check(self.teacher_steps >= 1, f"{key}.teacher_steps", "must be >= 1")
+        check(self.teacher_source in ("ema", "model"), f"{key}.teacher_source", "must be 'ema' or 'model'")
+        check(self.nll_start_step >= 0, f"{key}.nll_start_step", "must be >= 0")
+        check(not (self.pairing == "teacher" and self.lambda_nll > 0 and self.nll_start_step < 1),
+              f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
+        check(self.refine in ("fixed", "learned"), f"{key}.refine", "must be 'fixed' or 'learned'")
+        check(self.sigma_c >= 0, f"{key}.sigma_c", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0         # max global grad norm; 0 disables
+    log_every: int = 100
+    ckpt_every: int = 1000
+    device: str = "cpu"
+    num_threads: int = 0           # torch CPU threads; 0 = leave as is
+    progress: bool = True
+
+    def validate(self, key: str) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        check(self.lr > 0, f"{key}.lr", "must be > 0")
+        check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        check(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+        check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
+        check(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0")
+        check(self.num_threads >= 0, f"{key}.num_threads", "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 10000
+    samplers: list = field(default_factory=lambda: ["rmflow", "meanflow@1", "meanflow@8", "meanflow@32"])
+    use_ema: bool = True
+
+    def validate(self, key: str) -> None:
+        check(self.num_samples >= 1, f"{key}.num_samples", "must be >= 1")
+        for i, s in enumerate(self.samplers):
+            try:
+                parse_sampler(s)
+            except ValueError as e:
+                raise ConfigError(f"config key '{key}.samplers[{i}]': {e}") from None
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """'meanflow@8' -> ('meanflow', 8); 'rmflow' -> ('rmflow', 1); 'fm@100' -> ('fm', 100)."""
+    name, _, steps = str(spec).partition("@")
+    if name not in ("rmflow", "meanflow", "fm", "fm_heun"):
+        raise ValueError(f"unknown sampler {name!r}; use rmflow, meanflow@K, fm@K or fm_heun@K")
+    k = int(steps) if steps else (100 if name.startswith("fm") else 1)
+    if k < 1 or (name == "rmflow" and k != 1):
+        raise ValueError(f"bad step count in sampler {spec!r}")
+    return name, k
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    task: Any = None               # the task's data config (dataclass registered by the task)
+    model: Any = None              # the task's network config
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    rmflow: RMFlowConfig = field(default_factory=RMFlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seeds: list = field(default_factory=lambda: [0])   # seeds of `rmflow run`
+    compare: dict = field(default_factory=dict)   # `rmflow run`: method -> {set: {key: value}, samplers: [...]}
+
+    def validate(self) -> "Config":
+        self.flow.validate("flow")
+        self.rmflow.validate("rmflow", self.flow.sigma)
+        self.train.validate("train")
+        self.eval.validate("eval")
+        for section in ("task", "model"):
+            v = getattr(self, section)
+            if hasattr(v, "validate"):
+                v.validate(section)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# --------------------------------------------------------------------------------------------- dict <-> classes
+def from_dict(cls, data: dict, key: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and coercing scalar types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{key or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"'{key}.{unknown[0]}'" if key else f"'{unknown[0]}'"
+        raise ConfigError(f"unknown config key {where}; allowed here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = f"{key}.{name}" if key else name
+        kwargs[name] = _coerce(hints[name], value, sub)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key):
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp in (int, float, bool, str):
+        if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if tp is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(obj) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ['train.steps=100', 'rmflow.pairing=teacher', ...] to a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        path, _, raw = item.partition("=")
+        keys = path.strip().split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{k}' is not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path_or_preset: str) -> dict:
+    """A YAML file path, or the name of a preset in rmflow/configs/ (e.g. 'ring')."""
+    path = Path(path_or_preset)
+    if not path.exists():
+        path = PRESET_DIR / f"{path_or_preset}.yaml"
+    if not path.exists():
+        presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"no config file or preset named {path_or_preset!r}; presets: {presets}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    if "base" in data:  # presets may extend another preset
+        data = deep_merge(read_yaml(data.pop("base")), data)
+    return data
+
+
+def build_config(data: dict) -> Config:
+    """Resolve the task's sections and validate everything."""
+    from .tasks import get_task
+    data = dict(data)
+    task_data = dict(data.pop("task", None) or {})
+    spec = get_task(task_data.setdefault("name", "synthetic"))
+    model_data = data.pop("model", None) or {}
+    cfg = from_dict(Config, data)
+    cfg.task = from_dict(spec.data_config, task_data, "task")
+    cfg.model = from_dict(spec.model_config, model_data, "model")
+    return cfg.validate()
+
+
+def load_config(path_or_preset: str, overrides: list[str] | None = None) -> Config:
+    return build_config(apply_overrides(read_yaml(path_or_preset), overrides or []))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,144 @@
+"""The RMFlow objective (RMFlow eq. 12), per sample:
+
+    L = L_CMFM + λ1·L_NLL + λ2·‖φ_ω(c)‖² (+ L_scale when the refinement scale is learned)
+
+    L_CMFM  on the path from x0 to x1 = x_data + σ·ε1                               (flow/meanflow.py)
+    L_NLL   = ‖y - (x0 + u_θ(x0, 0, 1))‖²,   (x0, y) drawn from a coupling π         (the pairing)
+
+L_NLL is, up to constants, the negative log-likelihood of y under the one-step model
+p_θ(y | x0) = N(x0 + u_θ(x0, 0, 1), s²I); docs/METHOD.md shows that it bounds KL(law of y ‖ p_θ) only when π
+is (nearly) deterministic, and which pairings do that:
+
+- "independent":  x0 ~ source, y = x_data + σ_min·ε            (paper-literal; collapses onto E[x_data])
+- "minibatch_ot": x0 ~ source re-ordered by exact OT to the data batch, y = x_data + σ_min·ε
+- "inverse":      x0 = sg(x_data - u_θ(x_data, 1, 0)) (the model's own inverse map), y = x_data + σ_min·ε
+- "self":         x0 ~ source, y = sg(T_k(x0)) + σ_min·ε, T_k = k-step MeanFlow of the current model
+- "teacher":      as "self" with a frozen copy of the model taken when the likelihood stage starts (two stages)
+
+The likelihood term is switched on at step `nll_start_step` (0: from the start). The trainer calls
+`set_step` before each step and `freeze_teacher` when that stage starts.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import samplers
+from .meanflow import CMFMLoss, masked_sq_norm
+from .model import RMFlow
+from .pairing import PAIRINGS, minibatch_ot_permutation
+from .refine import scale_nll
+
+COUPLINGS = ("independent", "minibatch_ot")
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor                       # (B,) per-sample total; the trainer reduces it
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars for logging
+
+
+class RMFlowObjective(nn.Module):
+    """Wraps an RMFlow model; `forward(x_data, cond, mask)` returns per-sample losses.
+
+    The whole objective is one module so that DistributedDataParallel and torch.compile wrap it in one piece:
+    the JVP runs without a graph on the inner network, and every gradient-carrying call goes through forward.
+    """
+
+    def __init__(self, model: RMFlow, cmfm: CMFMLoss, sigma: float = 0.0, sigma_min: float = 0.1,
+                 lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
+                 teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent"):
+        super().__init__()
+        if not 0 <= sigma < sigma_min:
+            raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
+        if lambda_nll < 0 or lambda_enc < 0:
+            raise ValueError("lambda_nll and lambda_enc must be >= 0")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        self.model, self.cmfm = model, cmfm
+        self.sigma, self.sigma_min = float(sigma), float(sigma_min)
+        self.lambda_nll, self.lambda_enc = float(lambda_nll), float(lambda_enc)
+        self.pairing, self.teacher_steps, self.coupling = pairing, int(teacher_steps), coupling
+        self.nll_start_step = int(nll_start_step)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.teacher = None
+        if pairing == "teacher" and lambda_nll > 0:
+            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+
+    # -- stage control -------------------------------------------------------------------------------------
+    def set_step(self, step: int) -> None:
+        self.step.fill_(step)
+
+    @property
+    def nll_active(self) -> bool:
+        return self.lambda_nll > 0 and int(self.step) >= self.nll_start_step
+
+    @torch.no_grad()
+    def freeze_teacher(self, source: nn.Module) -> None:
+        """Copy the weights of `source` (the model or its EMA) into the frozen teacher."""
+        if self.teacher is not None:
+            self.teacher.load_state_dict(source.state_dict())
+
+    # -- the loss --------------------------------------------------------------------------------------------
+    def _pair(self, x_data, cond, mask):
+        """(x0, y) for L_NLL according to the pairing; y already carries the σ_min noise."""
+        space = self.model.space
+        x0 = self.model.draw_source(x_data, cond, mask)
+        partner = x_data
+        if self.pairing == "minibatch_ot":
+            x0 = x0[minibatch_ot_permutation(x0, x_data)]
+        elif self.pairing == "inverse":
+            with torch.no_grad():
+                x0 = samplers.meanflow(_Reverse(self.model), x_data, 1, cond, mask).x
+        elif self.pairing in ("teacher", "self"):
+            transport = self.teacher if self.pairing == "teacher" else self.model
+            with torch.no_grad():
+                partner = samplers.meanflow(transport, x0, self.teacher_steps, cond, mask).x
+        y = partner + self.sigma_min * space.randn_like(x_data, mask)
+        return x0, y
+
+    def forward(self, x_data: torch.Tensor, cond=None, mask=None) -> ObjectiveOutput:
+        """x_data: (B, *D) clean data; cond: the condition (task-defined) or None; mask: real entries."""
+        model, space = self.model, self.model.space
+        x1 = x_data + self.sigma * space.randn_like(x_data, mask) if self.sigma > 0 else x_data
+        x0 = model.draw_source(x_data, cond, mask)
+        if self.coupling == "minibatch_ot":
+            x0 = x0[minibatch_ot_permutation(x0, x1)]
+        out = self.cmfm(model, x0, x1, cond, mask)
+        loss = out.loss
+        stats = {"cmfm": out.loss.detach().mean(), "cmfm_sq": out.sq_error.mean(),
+                 "dudt_norm_max": out.dudt_norm.max()}
+        if self.nll_active:
+            x0n, y = self._pair(x_data, cond, mask)
+            b = x0n.shape[0]
+            ones, zeros = x0n.new_ones(b), x0n.new_zeros(b)
+            x_hat = x0n + model(x0n, zeros, ones, cond, mask)
+            nll = masked_sq_norm(y - x_hat, mask)
+            loss = loss + self.lambda_nll * nll
+            stats["nll"] = nll.detach().mean()
+            if getattr(model.refiner, "learned", False):
+                scale = model.refiner(b, cond)
+                lscale = scale_nll(nll.detach(), scale, space.dof(x_data, mask))
+                loss = loss + lscale
+                stats["refine_scale"] = scale.detach().mean()
+        if self.lambda_enc > 0 and model.source.guided:
+            enc = masked_sq_norm(model.source.encode(cond, x_data), mask)
+            loss = loss + self.lambda_enc * enc
+            stats["enc"] = enc.detach().mean()
+        return ObjectiveOutput(loss, stats)
+
+
+class _Reverse(nn.Module):
+    """u(x, 1 - t, 1 - r): the model run backwards in time, so meanflow(_Reverse(m), x1, 1) = x1 - u(x1, 1, 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, r, cond=None, mask=None):
+        return -self.model(x, 1 - t, 1 - r, cond, mask)

@@ -1,0 +1,183 @@
+"""The training loop: AdamW with linear warm-up, EMA, gradient clipping, a NaN/inf guard, atomic checkpoints,
+exact resume, Ctrl-C checkpointing, JSONL metrics and a progress bar.
+
+Everything random in a step draws from torch's global RNG, whose state is checkpointed, and the learning rate
+is a pure function of the step; so resuming from a checkpoint reproduces the uninterrupted run's losses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config, config_to_yaml
+from ..flow import CMFMLoss, RMFlowObjective, TimeSampler
+from ..tasks import get_task
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .ema import EMA
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def build_objective(cfg: Config, model) -> RMFlowObjective:
+    f, rm = cfg.flow, cfg.rmflow
+    times = TimeSampler(f.time.dist, f.time.mean, f.time.std, f.time.ratio_neq, f.time.ratio_one_step)
+    cmfm = CMFMLoss(times, f.adaptive_p, f.adaptive_c, f.jvp)
+    return RMFlowObjective(model, cmfm, sigma=f.sigma, sigma_min=rm.sigma_min, lambda_nll=rm.lambda_nll,
+                           lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
+                           nll_start_step=rm.nll_start_step, coupling=f.coupling)
+
+
+class Trainer:
+    """Trains one config. `run_dir=None` keeps everything in memory (no files)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, task=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.train.device)
+        self.task = task or get_task(cfg.task.name).factory(cfg)
+        self.model = self.task.build_model().to(self.device)
+        self.objective = build_objective(cfg, self.model).to(self.device)
+        self.loss_module = self.objective  # replaced by a DDP wrapper in distributed runs
+        self.ema = EMA(self.model, cfg.train.ema_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.step = 0
+        self.history: list[float] = []
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        out.update({f"ema.{k}": v for k, v in self.ema.shadow.state_dict().items()})
+        if self.objective.teacher is not None:
+            out.update({f"teacher.{k}": v for k, v in self.objective.teacher.state_dict().items()})
+        for i, st in self.optimizer.state_dict()["state"].items():
+            out.update({f"optim.{i}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
+        out["rng.torch"] = torch.get_rng_state()
+        return out
+
+    def save(self, tag: str | None = None) -> Path | None:
+        if self.run_dir is None:
+            return None
+        groups = self.optimizer.state_dict()["param_groups"]
+        state = {"step": self.step, "history": self.history,
+                 "param_groups": json.loads(json.dumps(groups, default=list))}
+        path = save_checkpoint(self.ckpt_dir / (tag or f"step_{self.step:08d}"), self._tensors(), state)
+        for old in sorted(self.ckpt_dir.glob("step_*.json"))[:-3]:   # keep the last three
+            old.unlink()
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        tensors, state = load_checkpoint(path)
+
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.model.load_state_dict(part("model."))
+        self.ema.shadow.load_state_dict(part("ema."))
+        if self.objective.teacher is not None:
+            self.objective.teacher.load_state_dict(part("teacher."))
+        optim_state: dict[int, dict] = {}
+        for k, v in part("optim.").items():
+            i, name = k.split(".", 1)
+            optim_state.setdefault(int(i), {})[name] = v
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of this run, if any. Returns whether one was loaded."""
+        if self.run_dir is None:
+            return False
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is not None:
+            self.load(path)
+        return path is not None
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def _lr(self, step: int) -> float:
+        warm = self.cfg.train.warmup_steps
+        return self.cfg.train.lr * min(1.0, (step + 1) / warm) if warm else self.cfg.train.lr
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        rm = cfg.rmflow
+        self.objective.set_step(self.step)
+        if rm.pairing == "teacher" and rm.lambda_nll > 0 and self.step == rm.nll_start_step:
+            self.objective.freeze_teacher(self.ema.shadow if rm.teacher_source == "ema" else self.model)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr(self.step)
+        batch = self.task.batch(cfg.train.batch_size)
+        x = batch.x.to(self.device)
+        out = self.loss_module(x, batch.cond, batch.mask)
+        loss = out.loss.mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.step} (max ‖du/dt‖ = "
+                f"{out.stats['dudt_norm_max'].item():.3g}); the last good checkpoint is kept"
+                + (f" in {self.ckpt_dir}" if self.run_dir else "") + ". Try a lower train.lr or flow.adaptive_p.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        self.history.append(float(loss.detach()))
+        stats = {k: float(v) for k, v in out.stats.items()}
+        stats.update(loss=float(loss.detach()), grad_norm=float(grad_norm), lr=self._lr(self.step - 1))
+        return stats
+
+    def train(self, steps: int | None = None, is_main: bool = True) -> list[float]:
+        """Train until `steps` total steps (default cfg.train.steps); returns the per-step losses."""
+        total = steps if steps is not None else self.cfg.train.steps
+        tc = self.cfg.train
+        log_path = self.run_dir / "metrics.jsonl" if (self.run_dir and is_main) else None
+        bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (tc.progress and is_main),
+                   dynamic_ncols=True, leave=False)
+        acc: dict[str, float] = {}
+        n_acc, t0 = 0, time.perf_counter()
+        try:
+            while self.step < total:
+                stats = self.train_step()
+                for k, v in stats.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == total:
+                    row = {"step": self.step, **{k: v / n_acc for k, v in acc.items()},
+                           "steps_per_s": n_acc / (time.perf_counter() - t0)}
+                    bar.set_postfix(loss=f"{row['loss']:.4g}")
+                    if log_path:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    acc, n_acc, t0 = {}, 0, time.perf_counter()
+                if is_main and self.step % tc.ckpt_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            if is_main:
+                path = self.save()
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
+            raise
+        bar.close()
+        if is_main:
+            self.save()
+        return self.history
