@@ -5,6 +5,10 @@
     rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run
     rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run
     rmflow presets                                 list the bundled configs
+    rmflow bench CONFIG [key=value ...] [--steps N]  step time, memory and sampling speed of FM/MeanFlow/RMFlow
+
+Multi-process training: `torchrun --nproc-per-node N -m rmflow train CONFIG ...` (DDP; train.batch_size is
+per process; rank 0 logs and writes checkpoints).
 
 CONFIG is a YAML path or a preset name (see `rmflow presets`).
 """
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="train and compare the methods of a config")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the config's methods")
     p = sub.add_parser("train", help="train one model")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -52,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     sub.add_parser("presets", help="list bundled configs")
-    args = parser.parse_args(argv)
+    from .bench import add_bench_arguments
+    add_bench_arguments(sub.add_parser("bench", help="benchmark training steps and samplers of a config"))
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides given after an option, e.g. `rmflow run ring --methods a key=value`
+        args.overrides = list(args.overrides) + extra
 
     from .config import ConfigError, PRESET_DIR, load_config, read_yaml, apply_overrides
     try:
@@ -62,15 +73,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.stem:<24} {first}")
         elif args.command == "run":
             from .experiment import run_comparison
-            run_comparison(apply_overrides(read_yaml(args.config), args.overrides))
+            methods = args.methods.split(",") if args.methods else None
+            run_comparison(apply_overrides(read_yaml(args.config), args.overrides), methods)
         elif args.command == "train":
             from .train import Trainer
+            from .train.distributed import init_distributed, shutdown_distributed
             cfg = load_config(args.config, args.overrides)
-            trainer = Trainer(cfg, cfg.run_dir)
-            if trainer.resume():
-                print(f"resumed {cfg.run_dir} at step {trainer.step}")
-            trainer.train()
-            print(f"trained {cfg.run_dir} to step {trainer.step}")
+            ctx = init_distributed(cfg.train.device)   # a single process unless started by torchrun
+            try:
+                trainer = Trainer(cfg, cfg.run_dir, dist=ctx)
+                if trainer.resume() and ctx.is_main:
+                    print(f"resumed {cfg.run_dir} at step {trainer.step}")
+                trainer.train()
+                if ctx.is_main:
+                    print(f"trained {cfg.run_dir} to step {trainer.step}"
+                          + (f" on {ctx.world_size} processes" if ctx.distributed else ""))
+            finally:
+                shutdown_distributed()
+        elif args.command == "bench":
+            from .bench import run_bench
+            run_bench(args)
         elif args.command == "evaluate":
             from .evaluate import evaluate_samplers
             trainer = _load_run(args.run_dir)

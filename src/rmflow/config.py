@@ -69,6 +69,8 @@ class RMFlowConfig:
     teacher_steps: int = 32        # k of the k-step MeanFlow partner (self / teacher)
     teacher_source: str = "ema"    # ema | model: what the frozen teacher is copied from
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
+    teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
+    nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
     refine: str = "fixed"          # fixed | learned
     sigma_c: float = 1e-3          # guided-encoding source noise
 
@@ -84,6 +86,8 @@ class RMFlowConfig:
         check(self.nll_start_step >= 0, f"{key}.nll_start_step", "must be >= 0")
         check(not (self.pairing == "teacher" and self.lambda_nll > 0 and self.nll_start_step < 1),
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
+        check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
+        check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
         check(self.refine in ("fixed", "learned"), f"{key}.refine", "must be 'fixed' or 'learned'")
         check(self.sigma_c >= 0, f"{key}.sigma_c", "must be >= 0")
 
@@ -102,6 +106,8 @@ class TrainConfig:
     device: str = "cpu"
     num_threads: int = 0           # torch CPU threads; 0 = leave as is
     progress: bool = True
+    precision: str = "fp32"        # fp32 | bf16 (autocast; the JVP target and the losses stay in float32)
+    compile: bool = False          # torch.compile the whole loss module, falling back to eager if that fails
 
     def validate(self, key: str) -> None:
         for name in ("steps", "batch_size", "log_every", "ckpt_every"):
@@ -112,6 +118,7 @@ class TrainConfig:
         check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
         check(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0")
         check(self.num_threads >= 0, f"{key}.num_threads", "must be >= 0")
+        check(self.precision in ("fp32", "bf16"), f"{key}.precision", "must be 'fp32' or 'bf16'")
 
 
 @dataclass

@@ -2,11 +2,13 @@
 evaluate each with its samplers, and write results.json, results.md (mean ± std over seeds) and a figure.
 
     compare:
-      meanflow: {set: {rmflow.lambda_nll: 0}, samplers: [meanflow@1, meanflow@8]}
-      rmflow:   {set: {}, samplers: [rmflow]}
+      meanflow: {set: {rmflow.lambda_nll: 0, train.steps: 5000}, samplers: [meanflow@1, meanflow@8]}
+      rmflow:   {from: meanflow, set: {}, samplers: [rmflow]}
 
-Runs that already finished are not retrained (their last checkpoint is loaded), so an interrupted comparison
-continues where it stopped.
+`from: M` starts a method from method M's final checkpoint (same seed) instead of from scratch. When M's run is
+the same training up to that step (as stage 1 of the two-stage RMFlow is MeanFlow), this is exactly the
+uninterrupted run, at a fraction of the cost. Runs that already finished are not retrained (their last
+checkpoint is loaded), so an interrupted comparison continues where it stopped.
 """
 from __future__ import annotations
 
@@ -19,15 +21,25 @@ import numpy as np
 
 from .config import ConfigError, apply_overrides, build_config
 from .evaluate import evaluate_samplers
-from .train import Trainer
+from .train import Trainer, latest_checkpoint
 
 METRIC_FORMAT = {"tv": ".3f", "tv_half": ".3f", "w2": ".3f", "mmd": ".4f", "log_density": ".2f",
                  "off_mode": ".4f"}
+# Table columns: metric key -> (header, format). A task may set its own `metric_format` attribute in this form.
+METRIC_COLUMNS = {"tv": ("TV ∫\\|p−q\\| ∈[0,2]", ".3f"), "tv_half": ("TV ½∫\\|p−q\\|", ".3f"), "w2": ("W2", ".3f"),
+                  "mmd": ("MMD²", ".4f"), "log_density": ("mean log-density", ".2f"),
+                  "off_mode": ("off-mode share", ".4f")}
+
+
+def task_columns(task) -> dict:
+    """The task's table columns (its `metric_format` attribute) or the synthetic ones."""
+    return getattr(task, "metric_format", None) or METRIC_COLUMNS
 
 
 def method_config(base: dict, method: str, spec: dict, seed: int):
-    if not isinstance(spec, dict) or set(spec) - {"set", "samplers"}:
-        raise ConfigError(f"config key 'compare.{method}': expected a mapping with 'set' and 'samplers'")
+    if not isinstance(spec, dict) or set(spec) - {"set", "samplers", "from"}:
+        raise ConfigError(f"config key 'compare.{method}': expected a mapping with 'set', 'samplers' and "
+                          f"optionally 'from'")
     data = copy.deepcopy(base)
     data.pop("compare", None)
     apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in (spec.get("set") or {}).items()])
@@ -38,19 +50,37 @@ def method_config(base: dict, method: str, spec: dict, seed: int):
     return build_config(data)
 
 
-def run_comparison(base: dict, log=print) -> dict:
-    """Train and evaluate every (method, seed); returns {"rows": [...], "table": markdown}."""
+def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> dict:
+    """Train and evaluate every (method, seed), or only `methods`; returns {"rows", "table", "dir"}.
+
+    Restricting to a few methods lets several processes train disjoint parts of one comparison in parallel;
+    a final run over all methods then only loads the finished runs, evaluates them and writes the table.
+    """
     root_cfg = build_config(copy.deepcopy(base))
     if not root_cfg.compare:
         raise ConfigError("config has no 'compare' section: nothing for `rmflow run` to compare")
+    unknown = sorted(set(methods or []) - set(root_cfg.compare))
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; this config compares {list(root_cfg.compare)}")
     root = root_cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
     rows, figure_panels, reference = [], {}, None
     for seed in root_cfg.seeds:
         for method, spec in root_cfg.compare.items():
+            if methods and method not in methods:
+                continue
             cfg = method_config(base, method, spec, seed)
             trainer = Trainer(cfg, cfg.run_dir)
-            trainer.resume()
+            if not trainer.resume() and spec.get("from"):
+                src = spec["from"]
+                if src not in root_cfg.compare:
+                    raise ConfigError(f"compare.{method}.from: no method named {src!r}")
+                src_steps = method_config(base, src, root_cfg.compare[src], seed).train.steps
+                start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
+                if start is None or int(start.stem.split("_")[1]) != src_steps:
+                    raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
+                                      f"its {src_steps} steps; train it first (list it before {method!r})")
+                trainer.load(start)
             if trainer.step < cfg.train.steps:
                 log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
                 trainer.train()
@@ -59,8 +89,8 @@ def run_comparison(base: dict, log=print) -> dict:
             method_rows, panels = evaluate_samplers(trainer.task, model, reference, cfg.eval.samplers, seed)
             for r in method_rows:
                 r.update(method=method, seed=seed)
-                log(f"  {r['label']:<22} " + "  ".join(f"{k}={r[k]:{f}}" for k, f in METRIC_FORMAT.items()
-                                                         if k in r))
+                log(f"  {r['label']:<22} " + "  ".join(f"{k}={r[k]:{f}}" for k, (_, f)
+                                                         in task_columns(trainer.task).items() if k in r))
             rows += method_rows
             if seed == root_cfg.seeds[0]:
                 figure_panels.update(panels)
@@ -68,7 +98,7 @@ def run_comparison(base: dict, log=print) -> dict:
                                          reference)
         rows.append({"method": "data", "label": "data (second draw)", "sampler": "data", "nfe": 0,
                      "seed": seed, **data_row})
-    table = markdown_table(rows)
+    table = markdown_table(rows, task_columns(trainer.task))
     (root / "results.json").write_text(json.dumps(rows, indent=1))
     (root / "results.md").write_text(table + "\n")
     trainer.task.plot(figure_panels, reference, root / "samples.png")
@@ -76,7 +106,7 @@ def run_comparison(base: dict, log=print) -> dict:
     return {"rows": rows, "table": table, "dir": str(root)}
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
+def aggregate(rows: list[dict], columns: dict | None = None) -> list[dict]:
     """Group rows by (method, sampler) in first-seen order; mean and std over seeds for every metric."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -85,7 +115,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (method, sampler), rs in groups.items():
         agg = {"method": method, "sampler": sampler, "label": rs[0]["label"], "nfe": rs[0]["nfe"],
                "seeds": len(rs)}
-        for k in METRIC_FORMAT:
+        for k in (columns or METRIC_COLUMNS):
             vals = [r[k] for r in rs if k in r and r[k] is not None and math.isfinite(r[k])]
             if vals:
                 agg[k] = (float(np.mean(vals)), float(np.std(vals)))
@@ -93,13 +123,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| method | sampler | NFE | TV ∫\\|p−q\\| ∈[0,2] | TV ½∫\\|p−q\\| | W2 | MMD² | mean log-density "
-            "| off-mode share | seeds |")
-    lines = [head, "|" + "---|" * 10]
-    for a in aggregate(rows):
+def markdown_table(rows: list[dict], columns: dict | None = None) -> str:
+    """Mean ± std over seeds; columns: metric key -> (header, format), default the synthetic metrics."""
+    columns = columns or METRIC_COLUMNS
+    head = "| method | sampler | NFE | " + " | ".join(h for h, _ in columns.values()) + " | seeds |"
+    lines = [head, "|" + "---|" * (len(columns) + 4)]
+    for a in aggregate(rows, columns):
         cells = []
-        for k, f in METRIC_FORMAT.items():
+        for k, (_, f) in columns.items():
             cells.append(f"{a[k][0]:{f}} ± {a[k][1]:{f}}" if k in a else "–")
         lines.append(f"| {a['method']} | {a['label']} | {a['nfe']} | " + " | ".join(cells) + f" | {a['seeds']} |")
     return "\n".join(lines)

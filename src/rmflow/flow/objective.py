@@ -17,6 +17,15 @@ is (nearly) deterministic, and which pairings do that:
 
 The likelihood term is switched on at step `nll_start_step` (0: from the start). The trainer calls
 `set_step` before each step and `freeze_teacher` when that stage starts.
+
+Two options shape the "teacher" pairing without changing its minimiser (the target y is a deterministic
+function of x0 plus independent noise, so any sampling law of x0 with full support has the same minimiser):
+- `teacher_bank = N`: the teacher's pairs (x0, T_k(x0)) are computed once for N source draws when the teacher
+  is frozen (deterministically from `bank_seed`, so resume rebuilds the same bank), instead of k teacher
+  evaluations per step. Unconditional data only.
+- `nll_focus = q`: a share q of the L_NLL batch is the q·B pairs with the largest current error among a pool
+  of 4·B candidates: the one-step map's errors concentrate where the teacher's transport jumps between modes,
+  and plain sampling visits those x0 rarely.
 """
 from __future__ import annotations
 
@@ -50,7 +59,8 @@ class RMFlowObjective(nn.Module):
 
     def __init__(self, model: RMFlow, cmfm: CMFMLoss, sigma: float = 0.0, sigma_min: float = 0.1,
                  lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
-                 teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent"):
+                 teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent",
+                 teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
@@ -65,6 +75,10 @@ class RMFlowObjective(nn.Module):
         self.lambda_nll, self.lambda_enc = float(lambda_nll), float(lambda_enc)
         self.pairing, self.teacher_steps, self.coupling = pairing, int(teacher_steps), coupling
         self.nll_start_step = int(nll_start_step)
+        if teacher_bank < 0 or not 0 <= nll_focus < 1:
+            raise ValueError("need teacher_bank >= 0 and 0 <= nll_focus < 1")
+        self.teacher_bank, self.nll_focus, self.bank_seed = int(teacher_bank), float(nll_focus), int(bank_seed)
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.teacher = None
         if pairing == "teacher" and lambda_nll > 0:
@@ -83,11 +97,27 @@ class RMFlowObjective(nn.Module):
         """Copy the weights of `source` (the model or its EMA) into the frozen teacher."""
         if self.teacher is not None:
             self.teacher.load_state_dict(source.state_dict())
+            self._bank = None
+
+    @torch.no_grad()
+    def _teacher_bank(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, T_k(x0)) for `teacher_bank` source draws, built once per frozen teacher."""
+        if self._bank is None:
+            gen = torch.Generator(device=like.device).manual_seed(self.bank_seed)
+            template = like.new_zeros((self.teacher_bank, *like.shape[1:]))
+            x0 = self.model.draw_source(template, None, None, gen)
+            y = torch.cat([samplers.meanflow(self.teacher, chunk, self.teacher_steps).x
+                           for chunk in x0.split(8192)])
+            self._bank = (x0, y)
+        return self._bank
 
     # -- the loss --------------------------------------------------------------------------------------------
     def _pair(self, x_data, cond, mask):
         """(x0, y) for L_NLL according to the pairing; y already carries the σ_min noise."""
         space = self.model.space
+        if self.pairing == "teacher" and (self.teacher_bank or self.nll_focus):
+            x0, partner = self._teacher_pairs(x_data, cond, mask)
+            return x0, partner + self.sigma_min * space.randn_like(x_data, mask)
         x0 = self.model.draw_source(x_data, cond, mask)
         partner = x_data
         if self.pairing == "minibatch_ot":
@@ -100,6 +130,30 @@ class RMFlowObjective(nn.Module):
             with torch.no_grad():
                 partner = samplers.meanflow(transport, x0, self.teacher_steps, cond, mask).x
         y = partner + self.sigma_min * space.randn_like(x_data, mask)
+        return x0, y
+
+    @torch.no_grad()
+    def _teacher_pairs(self, x_data, cond, mask):
+        """Teacher pairs drawn from the bank and/or focused on the hardest of 4·B candidates (unconditional)."""
+        if cond is not None or mask is not None:
+            raise ValueError("rmflow.teacher_bank and rmflow.nll_focus need unconditional, unmasked data; "
+                             "set them to 0")
+        b = x_data.shape[0]
+        pool = 4 * b if self.nll_focus else b
+        if self.teacher_bank:
+            bank_x0, bank_y = self._teacher_bank(x_data)
+            idx = torch.randint(len(bank_x0), (pool,), device=x_data.device)
+            x0, y = bank_x0[idx], bank_y[idx]
+        else:
+            x0 = self.model.draw_source(x_data.new_zeros((pool, *x_data.shape[1:])))
+            y = samplers.meanflow(self.teacher, x0, self.teacher_steps).x
+        if self.nll_focus:
+            n_hard = int(round(self.nll_focus * b))
+            rest = x0[b - n_hard:]
+            ones = rest.new_ones(len(rest))
+            err = (y[b - n_hard:] - rest - self.model(rest, 0 * ones, ones)).flatten(1).pow(2).sum(1)
+            keep = torch.cat([torch.arange(b - n_hard, device=x0.device), err.topk(n_hard).indices + b - n_hard])
+            x0, y = x0[keep], y[keep]
         return x0, y
 
     def forward(self, x_data: torch.Tensor, cond=None, mask=None) -> ObjectiveOutput:

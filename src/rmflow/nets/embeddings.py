@@ -8,9 +8,11 @@ from torch import nn
 
 
 class SinusoidalEmbedding(nn.Module):
-    """s: (B,) -> (B, dim) with sin/cos features at geometric frequencies (scale multiplies s first)."""
+    """s: (B,) -> (B, dim) with sin/cos features at geometric frequencies from `scale` down to
+    scale/max_period (radians per unit of s). The JVP differentiates these features in t, so the largest
+    frequency bounds ∂u/∂t: modest frequencies keep the MeanFlow target well scaled."""
 
-    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0):
+    def __init__(self, dim: int, scale: float = 30.0, max_period: float = 100.0):
         super().__init__()
         if dim % 2:
             raise ValueError(f"embedding dim must be even, got {dim}")
@@ -24,13 +26,24 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class TimePairEmbedding(nn.Module):
-    """(t, r) -> (B, out_dim): MLP over [emb(t), emb(r - t)]; differentiable in t (needed by the JVP)."""
+    """(t, r) -> (B, out_dim), differentiable in t (needed by the JVP).
 
-    def __init__(self, out_dim: int, freq_dim: int = 64):
+    kind "sinusoidal": an MLP over [emb(t), emb(r - t)]; kind "raw": the two numbers [t, r - t] themselves
+    (out_dim is then 2), for small vector-data networks where a smooth dependence on time is enough.
+    """
+
+    def __init__(self, out_dim: int, freq_dim: int = 64, kind: str = "sinusoidal"):
         super().__init__()
-        self.t_emb = SinusoidalEmbedding(freq_dim)
-        self.h_emb = SinusoidalEmbedding(freq_dim)
-        self.mlp = nn.Sequential(nn.Linear(2 * freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        if kind not in ("sinusoidal", "raw"):
+            raise ValueError(f"time embedding must be 'sinusoidal' or 'raw', got {kind!r}")
+        self.kind = kind
+        self.out_dim = out_dim if kind == "sinusoidal" else 2
+        if kind == "sinusoidal":
+            self.t_emb = SinusoidalEmbedding(freq_dim)
+            self.h_emb = SinusoidalEmbedding(freq_dim)
+            self.mlp = nn.Sequential(nn.Linear(2 * freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if self.kind == "raw":
+            return torch.stack([t, r - t], dim=-1)
         return self.mlp(torch.cat([self.t_emb(t), self.h_emb(r - t)], dim=-1))

@@ -13,13 +13,14 @@ class MLP(nn.Module):
     cond (optional): (B, cond_dim) float features; mask is accepted and ignored (vector data has none).
     """
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64, cond_dim: int = 0):
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64, cond_dim: int = 0,
+                 time_embed: str = "sinusoidal"):
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
             raise ValueError("dim, hidden and depth must be >= 1")
         self.dim, self.cond_dim = dim, cond_dim
-        self.time = TimePairEmbedding(time_dim)
-        layers, width = [], dim + time_dim + cond_dim
+        self.time = TimePairEmbedding(time_dim, kind=time_embed)
+        layers, width = [], dim + self.time.out_dim + cond_dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden

@@ -53,7 +53,8 @@ class TaskSpec:
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
-_BUILTIN = {"synthetic": "rmflow.tasks.synthetic"}
+_BUILTIN = {"synthetic": "rmflow.tasks.synthetic", "qm9": "rmflow.tasks.qm9", "dynamics": "rmflow.tasks.dynamics",
+            "text2image": "rmflow.tasks.text2image"}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:

@@ -18,11 +18,19 @@ from ..config import Config, config_to_yaml
 from ..flow import CMFMLoss, RMFlowObjective, TimeSampler
 from ..tasks import get_task
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistContext, all_reduce_mean, gather_rng_states, prepare_loss_module, rank_seed
 from .ema import EMA
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def _to_device(value, device):
+    """A batch's cond/mask on the training device: None, a tensor, or a dict of tensors."""
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value.to(device) if torch.is_tensor(value) else value
 
 
 def build_objective(cfg: Config, model) -> RMFlowObjective:
@@ -31,29 +39,39 @@ def build_objective(cfg: Config, model) -> RMFlowObjective:
     cmfm = CMFMLoss(times, f.adaptive_p, f.adaptive_c, f.jvp)
     return RMFlowObjective(model, cmfm, sigma=f.sigma, sigma_min=rm.sigma_min, lambda_nll=rm.lambda_nll,
                            lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
-                           nll_start_step=rm.nll_start_step, coupling=f.coupling)
+                           nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
+                           nll_focus=rm.nll_focus, bank_seed=cfg.seed)
 
 
 class Trainer:
-    """Trains one config. `run_dir=None` keeps everything in memory (no files)."""
+    """Trains one config. `run_dir=None` keeps everything in memory (no files).
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, task=None):
+    `dist` (train/distributed.py: init_distributed) makes this one rank of a DDP job: the loss module is wrapped
+    in DDP, each rank draws its own data and noise (rank_seed), and only rank 0 logs and writes files.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, task=None, dist: DistContext | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(cfg.train.device)
+        self.dist = dist or DistContext(device=torch.device(cfg.train.device))
+        self.is_main = self.dist.is_main
+        self.device = self.dist.device
         self.task = task or get_task(cfg.task.name).factory(cfg)
         self.model = self.task.build_model().to(self.device)
         self.objective = build_objective(cfg, self.model).to(self.device)
-        self.loss_module = self.objective  # replaced by a DDP wrapper in distributed runs
+        self.loss_module = prepare_loss_module(self.objective, self.device, self.dist, cfg.train.precision,
+                                               cfg.train.compile)  # [autocast ->] [DDP ->] [compile]
         self.ema = EMA(self.model, cfg.train.ema_decay)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.step = 0
         self.history: list[float] = []
-        if self.run_dir is not None:
+        if self.dist.rank > 0:  # same initial weights (DDP broadcasts rank 0's), different data and noise
+            torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
+        if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
 
@@ -62,23 +80,30 @@ class Trainer:
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def _tensors(self, rng_states: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         out.update({f"ema.{k}": v for k, v in self.ema.shadow.state_dict().items()})
         if self.objective.teacher is not None:
             out.update({f"teacher.{k}": v for k, v in self.objective.teacher.state_dict().items()})
         for i, st in self.optimizer.state_dict()["state"].items():
             out.update({f"optim.{i}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
-        out["rng.torch"] = torch.get_rng_state()
+        rng_states = rng_states or [torch.get_rng_state()]
+        out["rng.torch"] = rng_states[0]
+        out.update({f"rng.torch.rank{r}": st for r, st in enumerate(rng_states) if r > 0})
         return out
 
-    def save(self, tag: str | None = None) -> Path | None:
+    def save(self, tag: str | None = None, gather: bool = True) -> Path | None:
+        """Write a checkpoint (rank 0). In a DDP job every rank must call it (their RNG states are gathered)
+        unless gather=False (then ranks > 0 reseed from (seed, rank, step) on resume)."""
         if self.run_dir is None:
+            return None
+        rng_states = gather_rng_states(self.dist) if gather else None
+        if not self.is_main:
             return None
         groups = self.optimizer.state_dict()["param_groups"]
         state = {"step": self.step, "history": self.history,
                  "param_groups": json.loads(json.dumps(groups, default=list))}
-        path = save_checkpoint(self.ckpt_dir / (tag or f"step_{self.step:08d}"), self._tensors(), state)
+        path = save_checkpoint(self.ckpt_dir / (tag or f"step_{self.step:08d}"), self._tensors(rng_states), state)
         for old in sorted(self.ckpt_dir.glob("step_*.json"))[:-3]:   # keep the last three
             old.unlink()
             old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -92,7 +117,7 @@ class Trainer:
 
         self.model.load_state_dict(part("model."))
         self.ema.shadow.load_state_dict(part("ema."))
-        if self.objective.teacher is not None:
+        if self.objective.teacher is not None and part("teacher."):  # absent in a checkpoint of stage 1
             self.objective.teacher.load_state_dict(part("teacher."))
         optim_state: dict[int, dict] = {}
         for k, v in part("optim.").items():
@@ -101,6 +126,12 @@ class Trainer:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        if self.dist.rank > 0:
+            own = tensors.get(f"rng.torch.rank{self.dist.rank}")
+            if own is not None:
+                torch.set_rng_state(own)
+            else:
+                torch.manual_seed(rank_seed(self.cfg.seed, self.dist.rank, self.step))
 
     def resume(self) -> bool:
         """Load the newest checkpoint of this run, if any. Returns whether one was loaded."""
@@ -126,7 +157,7 @@ class Trainer:
             g["lr"] = self._lr(self.step)
         batch = self.task.batch(cfg.train.batch_size)
         x = batch.x.to(self.device)
-        out = self.loss_module(x, batch.cond, batch.mask)
+        out = self.loss_module(x, _to_device(batch.cond, self.device), _to_device(batch.mask, self.device))
         loss = out.loss.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
@@ -145,10 +176,13 @@ class Trainer:
         stats.update(loss=float(loss.detach()), grad_norm=float(grad_norm), lr=self._lr(self.step - 1))
         return stats
 
-    def train(self, steps: int | None = None, is_main: bool = True) -> list[float]:
-        """Train until `steps` total steps (default cfg.train.steps); returns the per-step losses."""
+    def train(self, steps: int | None = None, is_main: bool | None = None) -> list[float]:
+        """Train until `steps` total steps (default cfg.train.steps); returns the per-step losses.
+        is_main (default: rank 0 of the job) decides who logs and writes checkpoints."""
         total = steps if steps is not None else self.cfg.train.steps
         tc = self.cfg.train
+        is_main = self.is_main if is_main is None else is_main
+        saving = is_main or self.dist.distributed  # in DDP every rank joins save() (RNG gather); rank 0 writes
         log_path = self.run_dir / "metrics.jsonl" if (self.run_dir and is_main) else None
         bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (tc.progress and is_main),
                    dynamic_ncols=True, leave=False)
@@ -162,22 +196,22 @@ class Trainer:
                 n_acc += 1
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == total:
-                    row = {"step": self.step, **{k: v / n_acc for k, v in acc.items()},
+                    row = {"step": self.step, **all_reduce_mean({k: v / n_acc for k, v in acc.items()}, self.dist),
                            "steps_per_s": n_acc / (time.perf_counter() - t0)}
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                     if log_path:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
                     acc, n_acc, t0 = {}, 0, time.perf_counter()
-                if is_main and self.step % tc.ckpt_every == 0:
+                if saving and self.step % tc.ckpt_every == 0:
                     self.save()
         except KeyboardInterrupt:
             if is_main:
-                path = self.save()
+                path = self.save(gather=False)
                 bar.close()
                 raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
             raise
         bar.close()
-        if is_main:
+        if saving:
             self.save()
         return self.history

@@ -32,8 +32,10 @@ class SyntheticModel:
     hidden: int = 256
     depth: int = 3
     time_dim: int = 64
+    time_embed: str = "sinusoidal"  # sinusoidal | raw
 
     def validate(self, key: str) -> None:
+        check(self.time_embed in ("sinusoidal", "raw"), f"{key}.time_embed", "must be 'sinusoidal' or 'raw'")
         for name in ("hidden", "depth", "time_dim"):
             check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         check(self.time_dim % 2 == 0, f"{key}.time_dim", "must be even")
@@ -49,7 +51,7 @@ class SyntheticTask(Task):
 
     def build_model(self):
         m = self.cfg.model
-        net = MLP(self.density.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim)
+        net = MLP(self.density.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed)
         return build_rmflow(net, self.cfg, self.space)
 
     def batch(self, batch_size: int) -> Batch:

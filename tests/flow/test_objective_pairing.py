@@ -1,0 +1,174 @@
+"""L_NLL, the couplings, the learned refinement scale and the encoder penalty."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, LearnedScale, RMFlow,
+                         RMFlowObjective, TimeSampler, minibatch_ot_permutation, scale_nll, transport_cost)
+from rmflow.nets import MLP
+
+
+def test_minibatch_ot_is_a_permutation_that_lowers_the_cost():
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(128, 2, generator=g), torch.randn(128, 2, generator=g) * 2 + 1
+    perm = minibatch_ot_permutation(x0, x1)
+    assert sorted(perm.tolist()) == list(range(128))          # a permutation: marginals preserved
+    ot_cost = transport_cost(x0[perm], x1)
+    random_cost = transport_cost(x0[torch.randperm(128, generator=g)], x1)
+    assert ot_cost < 0.5 * random_cost
+    # optimal: no pairwise swap improves it
+    a, b = x0[perm], x1
+    c_ii = (a - b).pow(2).sum(1)
+    swap = (a[:, None] - b[None]).pow(2).sum(-1)
+    saving = c_ii[:, None] + c_ii[None] - swap - swap.T   # what swapping partners i and j would save
+    assert saving.max() < 1e-4
+
+
+def test_minibatch_ot_recovers_a_known_matching():
+    x1 = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x0 = x1[[2, 0, 1]] + 0.01
+    perm = minibatch_ot_permutation(x0, x1)
+    torch.testing.assert_close(x0[perm], x1 + 0.01)
+
+
+class Affine(nn.Module):
+    """u(x, t, r) = a·x + b, independent of time, so x̂1 = (1 + a) x0 + b."""
+
+    def __init__(self, a=0.0, b=0.0):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(float(a)))
+        self.b = nn.Parameter(torch.tensor(float(b)))
+
+    def forward(self, x, t, r, cond=None, mask=None):
+        return self.a * x + self.b
+
+
+def _objective(net, **kw):
+    model = RMFlow(net, GaussianSource(), FixedScale(kw.get("sigma_min", 0.1), 0.0))
+    return RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), **kw)
+
+
+def test_nll_term_on_known_inputs():
+    """With the 'self' pairing and k = 1, y = x̂1(x0) + σ_min ε, so L_NLL = σ_min²‖ε‖² exactly."""
+    obj = _objective(Affine(0.5, 1.0), lambda_nll=1.0, sigma_min=0.2, pairing="self", teacher_steps=1)
+    x = torch.randn(50_000, 3)
+    out = obj(x)
+    # E‖σ_min ε‖² = D σ_min² = 3 · 0.04
+    assert abs(out.stats["nll"].item() - 3 * 0.04) < 2e-3
+
+
+def test_independent_pairing_is_minimised_by_the_data_mean():
+    """The collapse: under independent pairs, ∂L_NLL/∂(a, b) vanishes at x̂1 ≡ E[y] (a = -1, b = mean)."""
+    mean = torch.tensor([1.0, -2.0])
+    x = mean + torch.randn(200_000, 2)
+    net = Affine(-1.0, 0.0)
+    net.b = nn.Parameter(mean.clone())
+    obj = _objective(net, lambda_nll=1.0, pairing="independent")
+    obj.cmfm = None  # only the likelihood term
+
+    def nll_only(x_data):
+        x0, y = obj._pair(x_data, None, None)
+        ones = torch.ones(len(x0))
+        return (y - (x0 + obj.model(x0, 0 * ones, ones))).pow(2).sum(1).mean()
+
+    grads = torch.autograd.grad(nll_only(x), [net.a, net.b])
+    assert grads[0].abs() < 0.02 and grads[1].abs().max() < 0.02
+    # whereas the identity-like map (a = 0, b = mean) is not a stationary point: it is pushed towards a = -1
+    net2 = Affine(0.0, 0.0)
+    net2.b = nn.Parameter(mean.clone())
+    obj.model.net = net2
+    ga = torch.autograd.grad(nll_only(x), [net2.a])[0]
+    assert ga > 1.0
+
+
+def test_teacher_pairing_uses_the_frozen_copy():
+    net = Affine(0.0, 0.0)
+    obj = _objective(net, lambda_nll=1.0, pairing="teacher", teacher_steps=4, nll_start_step=1)
+    assert not obj.nll_active                     # stage 1
+    obj.set_step(1)
+    assert obj.nll_active
+    teacher_src = copy.deepcopy(obj.model)
+    teacher_src.net.b.data.fill_(3.0)
+    obj.freeze_teacher(teacher_src)
+    x0, y = obj._pair(torch.zeros(20_000, 2), None, None)
+    # teacher: u = 3 everywhere -> T(x0) = x0 + 3; y = x0 + 3 + 0.1 ε
+    assert abs((y - x0 - 3).mean().item()) < 3e-3 and abs((y - x0 - 3).std().item() - 0.1) < 3e-3
+    assert all(not p.requires_grad for p in obj.teacher.parameters())
+
+
+def test_inverse_pairing_inverts_an_affine_map():
+    """The model's inverse map x0 = x1 - u(x1, 1, 0): for u ≡ b it is x1 - b."""
+    obj = _objective(Affine(0.0, 2.0), lambda_nll=1.0, pairing="inverse")
+    x = torch.randn(7, 2)
+    x0, y = obj._pair(x, None, None)
+    torch.testing.assert_close(x0, x - 2.0)
+
+
+def test_objective_rejects_invalid_settings():
+    for kw, match in [({"sigma": 0.2, "sigma_min": 0.1}, "sigma_min"), ({"lambda_nll": -1.0}, "lambda"),
+                      ({"pairing": "nearest"}, "pairing"), ({"coupling": "sinkhorn"}, "coupling")]:
+        with pytest.raises(ValueError, match=match):
+            _objective(Affine(), **kw)
+
+
+def test_learned_scale_is_positive_and_its_gradient_matches_finite_differences():
+    scale = LearnedScale(0.3).double()
+    scale.log_scale.data.fill_(-5.0)
+    assert (scale(4) > 0).all()
+    res = torch.tensor([0.5, 0.01, 2.0], dtype=torch.float64)
+    dof = torch.full((3,), 2.0, dtype=torch.float64)
+
+    def f(log_s):
+        return scale_nll(res, torch.exp(log_s).expand(3), dof).sum()
+
+    ls = torch.tensor(-0.7, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(f(ls), [ls])
+    h = 1e-6
+    fd = (f(ls.detach() + h) - f(ls.detach() - h)) / (2 * h)
+    assert abs(g.item() - fd.item()) < 1e-6
+    # minimiser: s² = Σ residual² / Σ dof
+    s2 = res.sum() / dof.sum()
+    ls_opt = (0.5 * torch.log(s2)).clone().requires_grad_(True)
+    (g_opt,) = torch.autograd.grad(f(ls_opt), [ls_opt])
+    assert abs(g_opt.item()) < 1e-9
+
+
+def test_learned_scale_converges_to_the_residual_scale():
+    """Training the NLL pulls s to sqrt(E‖y - x̂1‖²/dof): σ_min when the map matches its partner."""
+    torch.manual_seed(0)
+    net = MLP(2, hidden=8, depth=1, time_dim=8)
+    model = RMFlow(net, GaussianSource(), LearnedScale(1.0))
+    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), sigma_min=0.3, lambda_nll=1.0,
+                          pairing="self", teacher_steps=1)
+    opt = torch.optim.Adam([model.refiner.log_scale], lr=0.05)
+    for _ in range(300):
+        out = obj(torch.randn(256, 2))
+        opt.zero_grad()
+        out.loss.mean().backward()
+        opt.step()
+    assert abs(model.refiner(1).item() - 0.3) < 0.02
+
+
+def test_encoder_penalty_and_guided_source():
+    enc = nn.Linear(4, 2)
+    model = RMFlow(MLP(2, hidden=8, depth=1, time_dim=8, cond_dim=4), GuidedSource(enc, sigma_c=0.0))
+    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), lambda_enc=0.5)
+    c = torch.randn(6, 4)
+    x0 = model.draw_source(torch.zeros(6, 2), c)
+    torch.testing.assert_close(x0, enc(c))                    # σ_c = 0: the source is φ_ω(c)
+    out = obj(torch.randn(6, 2), c)
+    torch.testing.assert_close(out.stats["enc"], enc(c).pow(2).sum(1).mean().detach())
+    with pytest.raises(ValueError, match="sigma_c"):
+        GuidedSource(enc, sigma_c=-1.0)
+
+
+def test_seeded_objective_is_deterministic():
+    def run():
+        torch.manual_seed(3)
+        net = MLP(2, hidden=16, depth=2, time_dim=8)
+        obj = _objective(net, lambda_nll=0.5, pairing="minibatch_ot")
+        return obj(torch.randn(32, 2)).loss
+
+    torch.testing.assert_close(run(), run(), rtol=0, atol=0)

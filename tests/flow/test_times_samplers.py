@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torch import nn
+
+from rmflow.flow import (FixedScale, GaussianSource, RMFlow, TimeSampler, flow_matching_ode, meanflow, one_step,
+                         sample)
+
+
+def test_time_sampler_statistics():
+    ts = TimeSampler("uniform", ratio_neq=0.3, ratio_one_step=0.1)
+    t, r = ts.sample(200_000, torch.Generator().manual_seed(0))
+    assert (t <= r).all() and (t >= 0).all() and (r <= 1).all()
+    neq = (r != t).float().mean().item()
+    assert abs(neq - 0.3) < 0.01
+    one = ((t == 0) & (r == 1)).float().mean().item()
+    assert abs(one - 0.1) < 0.01
+    # among the plain pairs t is the min of two uniforms: mean 1/3
+    plain = r == t
+    assert abs(t[plain].mean().item() - 1 / 3) < 0.01
+
+
+def test_logit_normal_times():
+    ts = TimeSampler("logit_normal", mean=-0.4, std=1.0, ratio_neq=1.0)
+    t, r = ts.sample(200_000, torch.Generator().manual_seed(1))
+    logits = torch.logit(torch.cat([t, r]))
+    assert abs(logits.mean().item() + 0.4) < 0.02 and abs(logits.std().item() - 1.0) < 0.02
+
+
+def test_time_sampler_rejects_bad_ratios():
+    with pytest.raises(ValueError):
+        TimeSampler(ratio_neq=1.5)
+    with pytest.raises(ValueError):
+        TimeSampler(dist="beta")
+
+
+class Counting(nn.Module):
+    """u(x, t, r) = c (constant velocity) and counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, t, r, cond=None, mask=None):
+        self.calls += 1
+        return torch.ones_like(x) * 2.0
+
+
+@pytest.mark.parametrize("fn,kwargs,nfe", [(meanflow, {"steps": 8}, 8), (meanflow, {"steps": 1}, 1),
+                                           (flow_matching_ode, {"steps": 100}, 100),
+                                           (flow_matching_ode, {"steps": 10, "method": "heun"}, 19)])
+def test_sampler_nfe_counts_and_constant_velocity(fn, kwargs, nfe):
+    net = Counting()
+    model = RMFlow(net, GaussianSource(), FixedScale(0.1, 0.0))
+    x0 = torch.zeros(5, 2)
+    res = fn(model, x0, **kwargs)
+    assert res.nfe == nfe and net.calls == nfe
+    torch.testing.assert_close(res.x, torch.full((5, 2), 2.0))
+
+
+def test_one_step_refinement_variance():
+    """x̂_tgt = x̂1 + sqrt(σ_min² - σ²)·ε2: the added noise has exactly that variance."""
+    net = Counting()
+    model = RMFlow(net, GaussianSource(), FixedScale(sigma_min=0.3, sigma=0.1))
+    x0 = torch.zeros(400_000, 1)
+    res = one_step(model, x0, generator=torch.Generator().manual_seed(0))
+    assert res.nfe == 1 and net.calls == 1
+    assert abs(res.x.mean().item() - 2.0) < 2e-3
+    assert abs(res.x.var().item() - (0.3 ** 2 - 0.1 ** 2)) < 1e-3
+    no_noise = one_step(model, x0[:10], refine=False)
+    torch.testing.assert_close(no_noise.x, torch.full((10, 1), 2.0))
+
+
+def test_fixed_scale_rejects_sigma_not_below_sigma_min():
+    with pytest.raises(ValueError, match="sigma_min"):
+        FixedScale(sigma_min=0.1, sigma=0.1)
+
+
+def test_sample_dispatch_rejects_unknown():
+    model = RMFlow(Counting())
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(model, torch.zeros(2, 2), "ddim")

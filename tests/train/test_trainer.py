@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from rmflow.config import load_config
+from rmflow.flow import meanflow
+from rmflow.train import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, save_checkpoint
+
+TINY = ["model.hidden=32", "model.depth=2", "train.batch_size=64", "train.progress=false", "train.log_every=2",
+        "train.ckpt_every=5", "train.warmup_steps=3"]
+
+
+def _cfg(tmp_path, *extra):
+    return load_config("ring", TINY + [f"out_dir={tmp_path}", *extra])
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    t = {"w": torch.randn(3, 4), "step": torch.tensor(7)}
+    save_checkpoint(tmp_path / "ck", t, {"step": 7, "note": "hi"})
+    tensors, state = load_checkpoint(tmp_path / "ck.json")
+    torch.testing.assert_close(tensors["w"], t["w"])
+    assert state == {"step": 7, "note": "hi"}
+    data = bytearray((tmp_path / "ck.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "ck.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("extra", [[], ["rmflow.pairing=teacher", "rmflow.nll_start_step=6",
+                                        "rmflow.teacher_steps=2", "rmflow.refine=learned"],
+                                   ["rmflow.pairing=minibatch_ot", "rmflow.nll_start_step=0",
+                                    "flow.coupling=minibatch_ot"]])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
+    full = Trainer(_cfg(tmp_path / "a", "train.steps=12", *extra), tmp_path / "a")
+    losses = full.train()
+    part = Trainer(_cfg(tmp_path / "b", "train.steps=12", *extra), tmp_path / "b")
+    part.train(steps=5)                              # checkpoint written at step 5
+    resumed = Trainer(_cfg(tmp_path / "b", "train.steps=12", *extra), tmp_path / "b")
+    assert resumed.resume() and resumed.step == 5
+    assert resumed.train() == losses                 # bit-for-bit the same losses
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and "loss" in rows[-1] and "steps_per_s" in rows[-1]
+
+
+def test_nan_guard_keeps_the_last_checkpoint(tmp_path):
+    tr = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
+    tr.train(steps=5)
+    with torch.no_grad():
+        next(tr.model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        tr.train()
+    fresh = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
+    assert fresh.resume() and fresh.step == 5
+    assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
+
+
+def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
+    tr = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
+    calls = {"n": 0}
+    original = tr.train_step
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original()
+
+    monkeypatch.setattr(tr, "train_step", flaky)
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
+        tr.train()
+    fresh = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
+    assert fresh.resume() and fresh.step == 3
+
+
+def test_training_moves_samples_onto_the_ring(tmp_path):
+    """200 steps take 8-step samples from the Gaussian's mean radius (≈ 1.25) to near the ring's radius 4."""
+    cfg = load_config("ring", ["model.hidden=64", "model.depth=2", "train.batch_size=128", "train.progress=false",
+                               "train.steps=200", "train.lr=3e-3", "train.warmup_steps=3"])
+    tr = Trainer(cfg)
+    x0 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    before = meanflow(tr.model, x0, 8).x.norm(dim=1).mean().item()
+    tr.train()
+    after = meanflow(tr.model, x0, 8).x.norm(dim=1).mean().item()
+    assert before < 2.0 and 3.0 < after < 5.5
