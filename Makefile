@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RMFLOW := $(VENV)/bin/rmflow
-EXTRAS ?= test
+EXTRAS ?= test,qm9,dynamics
 
 .PHONY: setup test demo bench clean
 

@@ -1,0 +1,171 @@
+"""EDM's evaluation of 3-D molecules (Hoogeboom et al. 2022), re-implemented.
+
+Bond order of an atom pair at distance d (pm) from tabulated lengths L1 (single), L2 (double), L3 (triple):
+
+    order = 0                      if d >= L1 + 10
+          = 1                      if d <  L1 + 10 and not (d < L2 + 5)
+          = 2                      if d <  L2 + 5  and not (d < L3 + 3)
+          = 3                      if d <  L3 + 3
+(pairs without a double / triple entry never reach that order). An atom is stable when the sum of its bond
+orders equals its valence (H 1, C 4, N 3, O 2, F 1); a molecule is stable when all its atoms are.
+
+Validity: an RDKit molecule with those bonds is sanitised; it is valid when sanitisation succeeds, and its
+largest fragment's canonical SMILES is kept. Uniqueness = distinct valid SMILES / valid; novelty = unique
+SMILES not among the training SMILES / unique (both as in EDM).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .data import ATOM_TYPES
+
+VALENCE = np.array([1, 4, 3, 2, 1])   # H, C, N, O, F
+MARGINS = (10.0, 5.0, 3.0)            # pm, for single / double / triple
+
+_SINGLE = {("H", "H"): 74, ("H", "C"): 109, ("H", "N"): 101, ("H", "O"): 96, ("H", "F"): 92,
+           ("C", "C"): 154, ("C", "N"): 147, ("C", "O"): 143, ("C", "F"): 135, ("N", "N"): 145,
+           ("N", "O"): 140, ("N", "F"): 136, ("O", "O"): 148, ("O", "F"): 142, ("F", "F"): 142}
+_DOUBLE = {("C", "C"): 134, ("C", "N"): 129, ("C", "O"): 120, ("N", "N"): 125, ("N", "O"): 121,
+           ("O", "O"): 121}
+_TRIPLE = {("C", "C"): 120, ("C", "N"): 116, ("C", "O"): 113, ("N", "N"): 110}
+
+
+def _table(entries: dict) -> np.ndarray:
+    """Symmetric 5×5 table of bond lengths in pm; NaN where the bond does not exist."""
+    t = np.full((5, 5), np.nan)
+    for (a, b), v in entries.items():
+        i, j = ATOM_TYPES.index(a), ATOM_TYPES.index(b)
+        t[i, j] = t[j, i] = v
+    return t
+
+
+BOND_LENGTHS = np.stack([_table(_SINGLE), _table(_DOUBLE), _table(_TRIPLE)])   # (3, 5, 5) pm
+
+
+def bond_orders(positions: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """EDM's distance-table bond orders.
+
+    positions: (B, N, 3) in Å; types: (B, N) ints in 0..4; mask: (B, N) bool (real atoms).
+    Returns (B, N, N) int8 with zeros on the diagonal and wherever an atom is padding or a distance is NaN."""
+    positions = np.asarray(positions, dtype=np.float64)
+    types = np.clip(np.asarray(types, dtype=np.int64), 0, 4)
+    mask = np.asarray(mask, dtype=bool)
+    diff = positions[:, :, None, :] - positions[:, None, :, :]
+    dist = np.sqrt((diff ** 2).sum(-1)) * 100.0                                    # pm
+    ti, tj = types[:, :, None], types[:, None, :]
+    thresholds = [BOND_LENGTHS[k][ti, tj] + MARGINS[k] for k in range(3)]          # NaN = no such bond
+    with np.errstate(invalid="ignore"):
+        single, double, triple = (dist < thr for thr in thresholds)               # NaN compares False
+    order = np.where(single, np.where(double, np.where(triple, 3, 2), 1), 0).astype(np.int8)
+    pair = mask[:, :, None] & mask[:, None, :] & ~np.eye(mask.shape[1], dtype=bool)[None]
+    return np.where(pair, order, 0).astype(np.int8)
+
+
+def stability(positions, types, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Per-atom stability (B, N) bool (False on padding) and per-molecule stability (B,) bool.
+
+    A molecule without atoms is counted unstable."""
+    mask = np.asarray(mask, dtype=bool)
+    valence_sum = bond_orders(positions, types, mask).sum(-1)
+    want = VALENCE[np.clip(np.asarray(types, dtype=np.int64), 0, 4)]
+    atom_ok = (valence_sum == want) & mask
+    mol_ok = (atom_ok | ~mask).all(1) & mask.any(1)
+    return atom_ok, mol_ok
+
+
+def build_rdkit(positions, types, mask, orders=None):
+    """An RDKit RWMol (not sanitised) of one molecule: positions (N, 3), types (N,), mask (N,)."""
+    from rdkit import Chem
+
+    mask = np.asarray(mask, dtype=bool)
+    idx = np.flatnonzero(mask)
+    if orders is None:
+        orders = bond_orders(np.asarray(positions)[None], np.asarray(types)[None], mask[None])[0]
+    bond_type = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+    mol = Chem.RWMol()
+    for i in idx:
+        mol.AddAtom(Chem.Atom(ATOM_TYPES[int(np.clip(types[i], 0, 4))]))
+    for a, i in enumerate(idx):
+        for b in range(a + 1, len(idx)):
+            o = int(orders[i, idx[b]])
+            if o:
+                mol.AddBond(a, b, bond_type[o])
+    return mol
+
+
+def _sanitised_smiles(mol):
+    from rdkit import Chem
+
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:   # RDKit raises ValueError subclasses (valence, kekulisation); never let one escape
+        return None
+    return Chem.MolToSmiles(mol)
+
+
+def molecule_smiles(positions, types, mask, orders=None) -> str | None:
+    """Largest-fragment canonical SMILES if the molecule sanitises, else None (EDM's validity)."""
+    from rdkit import Chem
+
+    if not np.asarray(mask, dtype=bool).any():
+        return None
+    mol = build_rdkit(positions, types, mask, orders)
+    if _sanitised_smiles(mol) is None:
+        return None
+    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    largest = max(frags, default=mol, key=lambda m: m.GetNumAtoms())
+    return _sanitised_smiles(Chem.Mol(largest))
+
+
+def smiles_list(positions, types, mask, batch: int = 2048) -> list[str | None]:
+    """molecule_smiles for every molecule of a batch (B, N, ...); RDKit's sanitisation messages are silenced."""
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    out = []
+    positions, types, mask = (np.asarray(a) for a in (positions, types, mask))
+    for s in range(0, len(positions), batch):
+        orders = bond_orders(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
+        for k in range(orders.shape[0]):
+            out.append(molecule_smiles(positions[s + k], types[s + k], mask[s + k], orders[k]))
+    return out
+
+
+def _rate(num: float, den: float) -> float:
+    return float(num) / den if den else math.nan
+
+
+def evaluate_molecules(positions, types, mask, training_smiles: set | None = None,
+                       batch: int = 2048) -> dict[str, float]:
+    """EDM's metrics for B molecules: positions (B, N, 3) Å, types (B, N) 0..4, mask (B, N).
+
+    Returns atom_stable (stable atoms / real atoms), mol_stable, valid, unique (of valid), novel (of unique;
+    only when training_smiles is given) and the counts. Empty input gives NaN rates, never an exception."""
+    positions = np.asarray(positions.detach().cpu() if torch.is_tensor(positions) else positions, np.float64)
+    types = np.asarray(types.detach().cpu() if torch.is_tensor(types) else types)
+    mask = np.asarray(mask.detach().cpu() if torch.is_tensor(mask) else mask, dtype=bool)
+    n_mol = positions.shape[0]
+    n_atoms, n_stable_atoms, n_stable_mols = 0, 0, 0
+    for s in range(0, n_mol, batch):
+        atom_ok, mol_ok = stability(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
+        n_atoms += int(mask[s:s + batch].sum())
+        n_stable_atoms += int(atom_ok.sum())
+        n_stable_mols += int(mol_ok.sum())
+    smiles = smiles_list(positions, types, mask, batch)
+    valid = [s for s in smiles if s is not None]
+    unique = set(valid)
+    out = {"atom_stable": _rate(n_stable_atoms, n_atoms), "mol_stable": _rate(n_stable_mols, n_mol),
+           "valid": _rate(len(valid), n_mol), "unique": _rate(len(unique), len(valid)),
+           "num_molecules": float(n_mol)}
+    if training_smiles is not None:
+        out["novel"] = _rate(len(unique - training_smiles), len(unique))
+    return out
+
+
+def decode(x: torch.Tensor, mask: torch.Tensor, num_pos: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Model samples (B, N, 3 + 5) and mask (B, N, 1) -> positions (B, N, 3), types (B, N) argmax, mask (B, N)."""
+    m = mask.reshape(x.shape[0], x.shape[1]) > 0.5
+    return x[..., :num_pos], x[..., num_pos:].argmax(-1), m
