@@ -257,8 +257,11 @@ def read_yaml(path_or_preset: str) -> dict:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    if "base" in data:  # presets may extend another preset
-        data = deep_merge(read_yaml(data.pop("base")), data)
+    if "base" in data:  # presets may extend another preset; a `compare` section replaces the base's whole
+        base = read_yaml(data.pop("base"))
+        if "compare" in data:
+            base.pop("compare", None)
+        data = deep_merge(base, data)
     return data
 
 

@@ -80,7 +80,7 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
                 if start is None or int(start.stem.split("_")[1]) != src_steps:
                     raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
                                       f"its {src_steps} steps; train it first (list it before {method!r})")
-                trainer.load(start)
+                trainer.load(start, warm_start=True)
             if trainer.step < cfg.train.steps:
                 log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
                 trainer.train()
@@ -93,7 +93,8 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
                                                          in task_columns(trainer.task).items() if k in r))
             rows += method_rows
             if seed == root_cfg.seeds[0]:
-                figure_panels.update(panels)
+                for label, x in panels.items():  # a label seen before gets its method's name
+                    figure_panels[label if label not in figure_panels else f"{label} ({method})"] = x
         data_row = trainer.task.evaluate(trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x,
                                          reference)
         rows.append({"method": "data", "label": "data (second draw)", "sampler": "data", "nfe": 0,

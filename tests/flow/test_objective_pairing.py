@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, LearnedScale, RMFlow,
+from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, LearnedScale, RMFlow, meanflow,
                          RMFlowObjective, TimeSampler, minibatch_ot_permutation, scale_nll, transport_cost)
 from rmflow.nets import MLP
 
@@ -172,3 +172,37 @@ def test_seeded_objective_is_deterministic():
         return obj(torch.randn(32, 2)).loss
 
     torch.testing.assert_close(run(), run(), rtol=0, atol=0)
+
+
+def _teacher_objective(**kw):
+    torch.manual_seed(0)
+    net = MLP(2, hidden=16, depth=2, time_dim=8)
+    obj = _objective(net, lambda_nll=1.0, pairing="teacher", teacher_steps=2, nll_start_step=1, **kw)
+    obj.set_step(1)
+    obj.freeze_teacher(obj.model)
+    return obj
+
+
+def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
+    a = _teacher_objective(teacher_bank=500, bank_seed=7)
+    b = _teacher_objective(teacher_bank=500, bank_seed=7)
+    xa, ya = a._teacher_bank(torch.zeros(4, 2))
+    xb, yb = b._teacher_bank(torch.zeros(4, 2))
+    torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+    torch.testing.assert_close(ya, meanflow(a.teacher, xa, 2).x)
+    assert abs(xa.mean().item()) < 0.15 and abs(xa.std().item() - 1) < 0.1   # x0 drawn from the source
+    x0, y = a._pair(torch.zeros(64, 2), None, None)
+    assert x0.shape == (64, 2) and all((row == xa).all(1).any() for row in x0)   # pairs come from the bank
+
+
+def test_focus_keeps_the_hardest_candidates():
+    obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5)
+    torch.manual_seed(1)
+    x0, y = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    ones = torch.ones(len(x0))
+    with torch.no_grad():
+        err = (y - x0 - obj.model(x0, 0 * ones, ones)).pow(2).sum(1)
+    # the focused half (top 50 of 350 candidates) all lies above the plain half's median
+    assert err[50:].min() > err[:50].median() and err[50:].mean() > err[:50].mean()
+    with pytest.raises(ValueError, match="unconditional"):
+        obj._teacher_pairs(torch.zeros(10, 2), torch.zeros(10, 3), None)

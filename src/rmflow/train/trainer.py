@@ -109,21 +109,33 @@ class Trainer:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
         return path
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, warm_start: bool = False) -> None:
+        """Load a checkpoint of this run. `warm_start=True` loads another run's checkpoint (a stage-1 model) whose
+        refiner may differ (fixed vs learned scale): the refiner then keeps its initial value, and new parameters
+        (registered after the network's) start with fresh optimiser moments."""
         tensors, state = load_checkpoint(path)
 
         def part(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        self.model.load_state_dict(part("model."))
-        self.ema.shadow.load_state_dict(part("ema."))
+        for module, prefix in ((self.model, "model."), (self.ema.shadow, "ema.")):
+            sd = part(prefix)
+            if warm_start:
+                own = module.state_dict()
+                sd = {k: v for k, v in sd.items() if not k.startswith("refiner.") or k in own}
+                sd.update({k: v for k, v in own.items() if k.startswith("refiner.") and k not in sd})
+            module.load_state_dict(sd)
         if self.objective.teacher is not None and part("teacher."):  # absent in a checkpoint of stage 1
             self.objective.teacher.load_state_dict(part("teacher."))
         optim_state: dict[int, dict] = {}
         for k, v in part("optim.").items():
             i, name = k.split(".", 1)
             optim_state.setdefault(int(i), {})[name] = v
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        groups = state["param_groups"]
+        if warm_start:  # same hyper-parameters, this run's parameter list
+            groups = [{**g, "params": cur["params"]} for g, cur in
+                      zip(groups, self.optimizer.state_dict()["param_groups"])]
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.history = int(state["step"]), list(state["history"])
         if self.dist.rank > 0:
