@@ -21,7 +21,8 @@ import numpy as np
 
 from .config import ConfigError, apply_overrides, build_config
 from .evaluate import evaluate_samplers
-from .train import Trainer, latest_checkpoint
+from .train import latest_checkpoint
+from .train.lora import trainer_class
 
 METRIC_FORMAT = {"tv": ".3f", "tv_half": ".3f", "w2": ".3f", "mmd": ".4f", "log_density": ".2f",
                  "off_mode": ".4f"}
@@ -70,7 +71,7 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
             if methods and method not in methods:
                 continue
             cfg = method_config(base, method, spec, seed)
-            trainer = Trainer(cfg, cfg.run_dir)
+            trainer = trainer_class(cfg)(cfg, cfg.run_dir)   # LoRATrainer where the config has a LoRA stage
             if not trainer.resume() and spec.get("from"):
                 src = spec["from"]
                 if src not in root_cfg.compare:
@@ -95,8 +96,10 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
             if seed == root_cfg.seeds[0]:
                 for label, x in panels.items():  # a label seen before gets its method's name
                     figure_panels[label if label not in figure_panels else f"{label} ({method})"] = x
-        data_row = trainer.task.evaluate(trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x,
-                                         reference)
+        baseline = getattr(trainer.task, "data_baseline", None)  # conditional tasks: data answering the same cond
+        data_x = (baseline(reference, 20_000 + seed) if baseline is not None
+                  else trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
+        data_row = trainer.task.evaluate(data_x, reference)
         rows.append({"method": "data", "label": "data (second draw)", "sampler": "data", "nfe": 0,
                      "seed": seed, **data_row})
     table = markdown_table(rows, task_columns(trainer.task))

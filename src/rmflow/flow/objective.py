@@ -126,6 +126,9 @@ class RMFlowObjective(nn.Module):
             with torch.no_grad():
                 x0 = samplers.meanflow(_Reverse(self.model), x_data, 1, cond, mask).x
         elif self.pairing in ("teacher", "self"):
+            # the partner is a stop-gradient function of x0, so no gradient may reach φ_ω through x0 either
+            # (it would only see the student's side and push ‖φ_ω(c)‖ to grow)
+            x0 = x0.detach()
             transport = self.teacher if self.pairing == "teacher" else self.model
             with torch.no_grad():
                 partner = samplers.meanflow(transport, x0, self.teacher_steps, cond, mask).x
@@ -168,7 +171,8 @@ class RMFlowObjective(nn.Module):
         stats = {"cmfm": out.loss.detach().mean(), "cmfm_sq": out.sq_error.mean(),
                  "dudt_norm_max": out.dudt_norm.max()}
         if self.nll_active:
-            x0n, y = self._pair(x_data, cond, mask)
+            with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
+                x0n, y = self._pair(x_data, cond, mask)
             b = x0n.shape[0]
             ones, zeros = x0n.new_ones(b), x0n.new_zeros(b)
             x_hat = x0n + model(x0n, zeros, ones, cond, mask)

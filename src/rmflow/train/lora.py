@@ -1,0 +1,171 @@
+"""Stage 2 of the paper's two-stage protocol: LoRA fine-tuning (through `peft`) with the full RMFlow objective.
+
+    stage 1 (steps < rmflow.nll_start_step):  every weight trains with the objective as configured (L_CMFM
+                                              while λ1·L_NLL is still off)
+    stage 2 (from rmflow.nll_start_step):     the network u_θ gets LoRA adapters  W x + (α/rank)·B A x  on the
+                                              layers named in `target_modules`; only A, B (and φ_ω when
+                                              `train_encoder`, and a learned refinement scale) train, with
+                                              L = L_CMFM + λ1·L_NLL + λ2·‖φ_ω(c)‖²
+
+At the stage boundary the frozen teacher (pairing "teacher") is copied from the stage-1 EMA, the model starts
+from the stage-1 EMA weights (`from_ema`), the EMA and the optimiser are rebuilt over the trainable weights.
+`LoRATrainer` does this inside the ordinary training loop, so checkpoints, resume and samplers work unchanged
+(the adapted network is still called as net(x, t, r, cond, mask)). Adapters are saved on their own with
+`save_adapter` (peft's adapter_config.json + adapter_model.safetensors, plus φ_ω in encoder.safetensors) and
+re-applied to a stage-1 model with `load_adapter`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import check
+from .ema import EMA
+from .trainer import Trainer
+
+DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out", "conv1", "conv2", "emb_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0                   # 0: no LoRA stage (plain one-stage training)
+    alpha: float = 8.0              # LoRA scaling α (the update is (α/rank)·B A)
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    train_encoder: bool = False     # φ_ω keeps training in stage 2 (with pairing "teacher" it drifts: see
+                                    # docs/results/text2image.md)
+    from_ema: bool = True           # stage 2 starts from the stage-1 EMA weights
+    lr: float = 0.0                 # stage-2 learning rate; 0 = train.lr
+
+    def validate(self, key: str) -> None:
+        check(self.rank >= 0, f"{key}.rank", "must be >= 0")
+        check(self.alpha > 0, f"{key}.alpha", "must be > 0")
+        check(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        check(len(self.target_modules) > 0, f"{key}.target_modules", "must name at least one layer")
+        check(self.lr >= 0, f"{key}.lr", "must be >= 0")
+
+
+def lora_config_of(cfg) -> LoRAConfig | None:
+    """The LoRA section of a config (cfg.model.lora) when it asks for a LoRA stage, else None."""
+    lora = getattr(cfg.model, "lora", None)
+    return lora if lora is not None and lora.rank > 0 else None
+
+
+def is_adapted(model: nn.Module) -> bool:
+    from peft import PeftModel
+    return isinstance(model.net, PeftModel)
+
+
+def inject_lora(model: nn.Module, lora: LoRAConfig) -> nn.Module:
+    """Wrap model.net (an RMFlow's network) in a peft LoRA model and freeze everything but the adapters
+    (φ_ω too unless `train_encoder`; a learned refinement scale stays trainable). Returns model (in place)."""
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), bias="none")
+    model.requires_grad_(False)
+    model.net = get_peft_model(model.net, config)          # freezes the base net, adapters trainable
+    encoder = getattr(model.source, "encoder", None)
+    if encoder is not None and lora.train_encoder:
+        encoder.requires_grad_(True)
+    if getattr(model.refiner, "learned", False):
+        model.refiner.requires_grad_(True)
+    return model
+
+
+def adapter_parameter_names(model: nn.Module) -> set[str]:
+    return {n for n, _ in model.named_parameters() if "lora_" in n}
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write the adapters (peft format) and, for a guided source, φ_ω's weights; returns the directory."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    if not is_adapted(model):
+        raise ValueError("save_adapter: the model has no LoRA adapters (stage 2 has not started)")
+    model.net.save_pretrained(str(directory))
+    encoder = getattr(model.source, "encoder", None)
+    if encoder is not None:
+        save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()},
+                  str(directory / "encoder.safetensors"))
+    return directory
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Apply adapters saved by `save_adapter` to a stage-1 model (in place, frozen); returns it."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no adapter_config.json in {directory}")
+    model.net = PeftModel.from_pretrained(model.net, str(directory))
+    enc_file = directory / "encoder.safetensors"
+    encoder = getattr(model.source, "encoder", None)
+    if encoder is not None and enc_file.exists():
+        encoder.load_state_dict(load_file(str(enc_file)))
+    return model.requires_grad_(False).eval()
+
+
+def _teacher_already_frozen(source: nn.Module) -> None:
+    """Stands in for RMFlowObjective.freeze_teacher once stage 2 began: the teacher keeps the stage-1 weights."""
+
+
+class LoRATrainer(Trainer):
+    """The Trainer with the stage boundary at rmflow.nll_start_step (see the module docstring)."""
+
+    def __init__(self, cfg, run_dir=None, task=None, **kwargs):
+        super().__init__(cfg, run_dir, task, **kwargs)
+        self.lora = lora_config_of(cfg)
+        if self.lora is None:
+            raise ValueError("config key 'model.lora.rank': LoRATrainer needs rank >= 1")
+        self.stage2_step = cfg.rmflow.nll_start_step
+        check(0 < self.stage2_step < cfg.train.steps, "rmflow.nll_start_step",
+              f"is the LoRA stage boundary and must lie in (0, train.steps={cfg.train.steps})")
+
+    def start_lora_stage(self) -> None:
+        rm = self.cfg.rmflow
+        if self.objective.teacher is not None:
+            self.objective.freeze_teacher(self.ema.shadow if rm.teacher_source == "ema" else self.model)
+        self.objective.freeze_teacher = _teacher_already_frozen
+        if self.lora.from_ema:
+            self.model.load_state_dict(self.ema.shadow.state_dict())
+        inject_lora(self.model, self.lora)
+        self.ema = EMA(self.model, self.cfg.train.ema_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.lora.lr or self.cfg.train.lr,
+                                           weight_decay=self.cfg.train.weight_decay)
+
+    def _lr(self, step: int) -> float:
+        if step >= self.stage2_step and self.lora.lr:
+            return self.lora.lr
+        return super()._lr(step)
+
+    def train_step(self):
+        if self.step == self.stage2_step and not is_adapted(self.model):
+            self.start_lora_stage()
+        return super().train_step()
+
+    def load(self, path) -> None:
+        from .checkpoint import load_checkpoint
+        _, state = load_checkpoint(path)
+        if int(state["step"]) > self.stage2_step and not is_adapted(self.model):
+            self.start_lora_stage()     # rebuild the stage-2 structure, then load its weights
+        super().load(path)
+
+    def save_adapter(self, directory: str | Path | None = None) -> Path:
+        """Save the adapters of the evaluated weights (the EMA's when eval.use_ema) to run_dir/adapter."""
+        directory = directory or (self.run_dir / "adapter")
+        return save_adapter(self.ema.shadow if self.cfg.eval.use_ema else self.model, directory)
+
+    def train(self, steps=None, is_main=None):
+        history = super().train(steps, is_main)
+        if self.run_dir is not None and (self.is_main if is_main is None else is_main) and is_adapted(self.model):
+            self.save_adapter()
+        return history
+
+
+def trainer_class(cfg) -> type[Trainer]:
+    """LoRATrainer for configs with a LoRA stage, the plain Trainer otherwise."""
+    return LoRATrainer if lora_config_of(cfg) is not None else Trainer
