@@ -4,24 +4,44 @@ import numpy as np
 
 from rmflow.cli import main
 
-TINY = ["model.hidden=16", "model.depth=1", "train.batch_size=32", "train.progress=false", "train.steps=8",
-        "train.log_every=4", "train.ckpt_every=4", "eval.num_samples=300", "task.num_ot=100", "seeds=[0]"]
+TINY_RUN = """
+base: ring
+name: smoke
+model: {hidden: 16, depth: 1}
+rmflow: {nll_start_step: 6, teacher_steps: 2, teacher_bank: 500}
+train: {steps: 10, batch_size: 32, progress: false, log_every: 2, ckpt_every: 2}
+eval: {num_samples: 300}
+task: {num_ot: 100}
+seeds: [0]
+compare:
+  meanflow: {set: {rmflow.lambda_nll: 0.0, train.steps: 6}, samplers: ["meanflow@1", "meanflow@8"]}
+  flow_matching: {set: {rmflow.lambda_nll: 0.0, flow.time.ratio_neq: 0.0}, samplers: ["fm@20"]}
+  rmflow: {from: meanflow, set: {}, samplers: ["rmflow"]}
+  rmflow_paper: {from: meanflow, set: {rmflow.pairing: independent}, samplers: ["rmflow"]}
+"""
 
 
 def test_cli_run_train_evaluate_sample(tmp_path, capsys):
-    assert main(["run", "ring", f"out_dir={tmp_path}", "name=smoke", *TINY, "rmflow.nll_start_step=4",
-                 "rmflow.teacher_steps=2"]) == 0
+    config = tmp_path / "smoke.yaml"
+    config.write_text(TINY_RUN)
+    assert main(["run", str(config), f"out_dir={tmp_path}"]) == 0
     rows = json.loads((tmp_path / "smoke" / "results.json").read_text())
-    assert {r["label"] for r in rows} >= {"RMFlow 1-NFE", "MeanFlow 8-NFE", "FM ODE (Euler) 100-step",
+    assert {r["label"] for r in rows} >= {"RMFlow 1-NFE", "MeanFlow 8-NFE", "FM ODE (Euler) 20-step",
                                            "data (second draw)"}
     assert (tmp_path / "smoke" / "samples.png").stat().st_size > 1000
-    assert "| rmflow | RMFlow 1-NFE | 1 |" in (tmp_path / "smoke" / "results.md").read_text()
+    table = (tmp_path / "smoke" / "results.md").read_text()
+    assert "| rmflow | RMFlow 1-NFE | 1 |" in table and "| rmflow_paper | RMFlow 1-NFE | 1 |" in table
     run = tmp_path / "smoke" / "rmflow-s0"
+    assert json.loads((run / "checkpoints" / "step_00000010.json").read_text())["state"]["step"] == 10
     assert main(["evaluate", str(run), "--samplers", "rmflow", "meanflow@2", "--num-samples", "200"]) == 0
     assert len(json.loads((run / "eval.json").read_text())) == 2
     out = tmp_path / "x.npy"
     assert main(["sample", str(run), "--out", str(out), "--num-samples", "50"]) == 0
     assert np.load(out).shape == (50, 2)
+    # a second run only loads the finished runs and evaluates them
+    capsys.readouterr()
+    assert main(["run", str(config), f"out_dir={tmp_path}", "--methods", "rmflow"]) == 0
+    assert "training" not in capsys.readouterr().out
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):

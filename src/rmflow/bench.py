@@ -138,11 +138,11 @@ def _sync(device: torch.device) -> None:
 def _loss_and_backward(trainer) -> None:
     """The part of a training step that differs between methods: batch, loss forward, backward (into fresh
     gradients). The optimiser update, identical for all methods, is left out."""
-    from .train.trainer import _to_device
+    from .train.trainer import to_device
     trainer.objective.set_step(trainer.step)
     batch = trainer.task.batch(trainer.cfg.train.batch_size)
     dev = trainer.device
-    out = trainer.loss_module(batch.x.to(dev), _to_device(batch.cond, dev), _to_device(batch.mask, dev))
+    out = trainer.loss_module(batch.x.to(dev), to_device(batch.cond, dev), to_device(batch.mask, dev))
     out.loss.mean().backward()
 
 
@@ -238,9 +238,9 @@ def sampler_throughput(model, task, batch_size: int, nfes: list[int], repeats: i
     """samples/s of MeanFlow k-NFE for k in nfes, RMFlow 1-NFE and FM Euler 100 NFE, at batch_size."""
     specs = [("meanflow", k) for k in nfes] + [("rmflow", 1), ("fm", 100)]
     batch = task.batch(batch_size)
-    from .train.trainer import _to_device
+    from .train.trainer import to_device
     x = batch.x.to(device)
-    cond, mask = _to_device(batch.cond, device), _to_device(batch.mask, device)
+    cond, mask = to_device(batch.cond, device), to_device(batch.mask, device)
     model.eval()
     rows = []
     with torch.no_grad():

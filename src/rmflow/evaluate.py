@@ -8,6 +8,7 @@ import torch
 from .config import parse_sampler
 from .flow import sample
 from .tasks import Batch
+from .train.trainer import to_device
 
 LABELS = {"rmflow": "RMFlow", "meanflow": "MeanFlow", "fm": "FM ODE (Euler)", "fm_heun": "FM ODE (Heun)"}
 
@@ -22,19 +23,20 @@ def draw_samples(model, reference: Batch, spec: str, seed: int, batch_size: int 
                  ) -> tuple[torch.Tensor, int, float]:
     """Samples for every condition/mask in `reference`: returns (samples, nfe, seconds spent in the network)."""
     name, steps = parse_sampler(spec)
-    gen = torch.Generator(device=reference.x.device).manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     out, seconds, nfe = [], 0.0, 0
     for i in range(0, len(reference.x), batch_size):
         sl = slice(i, i + batch_size)
-        template = reference.x[sl]
-        cond = _slice(reference.cond, sl)
-        mask = None if reference.mask is None else reference.mask[sl]
+        template = reference.x[sl].to(device)
+        cond = to_device(_slice(reference.cond, sl), device)
+        mask = to_device(None if reference.mask is None else reference.mask[sl], device)
         x0 = model.draw_source(template, cond, mask, gen)
         t0 = time.perf_counter()
         res = sample(model, x0, name, steps, cond, mask, gen)
         seconds += time.perf_counter() - t0
-        out.append(res.x)
+        out.append(res.x.cpu())
         nfe = res.nfe
     return torch.cat(out), nfe, seconds
 

@@ -81,6 +81,9 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
                 if start is None or int(start.stem.split("_")[1]) != src_steps:
                     raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
                                       f"its {src_steps} steps; train it first (list it before {method!r})")
+                if src_steps >= cfg.train.steps:
+                    raise ConfigError(f"compare.{method}.from: {src!r} ends at step {src_steps}, but {method!r} "
+                                      f"trains only to step {cfg.train.steps}")
                 trainer.load(start, warm_start=True)
             if trainer.step < cfg.train.steps:
                 log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")

@@ -91,3 +91,14 @@ def test_training_moves_samples_onto_the_ring(tmp_path):
     tr.train()
     after = meanflow(tr.model, x0, 8).x.norm(dim=1).mean().item()
     assert before < 2.0 and 3.0 < after < 5.5
+
+
+def test_stage2_with_another_sigma_min_samples_with_its_own_scale(tmp_path):
+    """Warm start from a stage-1 checkpoint must not carry the old refinement scale along."""
+    first = Trainer(_cfg(tmp_path / "a", "train.steps=3", "rmflow.sigma_min=0.1"), tmp_path / "a")
+    first.train()
+    second = Trainer(_cfg(tmp_path / "b", "train.steps=5", "rmflow.sigma_min=0.3", "rmflow.nll_start_step=3",
+                          "rmflow.teacher_steps=1"), tmp_path / "b")
+    second.load(first.ckpt_dir / "step_00000003.json", warm_start=True)
+    assert abs(second.model.refiner(1).item() - 0.3) < 1e-6
+    assert abs(second.ema.shadow.refiner(1).item() - 0.3) < 1e-6

@@ -52,7 +52,7 @@ class CMFMLoss:
         """x0, x1: (B, *D) paired source and (smoothed) data samples; times optionally fixes (t, r)."""
         t, r = times if times is not None else self.times.sample(x0.shape[0], device=x0.device)
         point = self.path.sample(x0, x1, t)
-        if times is None and self.times.ratio_neq == 0:  # r = t everywhere: plain flow matching, no JVP needed
+        if times is None and getattr(self.times, "ratio_neq", None) == 0:  # r = t everywhere: plain flow matching, no JVP needed
             target, dudt = point.velocity, torch.zeros_like(point.velocity)
         else:
             target, dudt = self.target(net, point.x_t, t, r, point.velocity, cond, mask)

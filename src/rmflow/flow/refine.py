@@ -24,7 +24,9 @@ class FixedScale(nn.Module):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
-        self.register_buffer("value", torch.tensor(math.sqrt(sigma_min ** 2 - sigma ** 2)))
+        # not persistent: the scale follows the config, so a stage-2 run with another σ_min that starts from a
+        # stage-1 checkpoint samples with its own scale
+        self.register_buffer("value", torch.tensor(math.sqrt(sigma_min ** 2 - sigma ** 2)), persistent=False)
 
     def forward(self, batch_size: int, cond=None) -> torch.Tensor:
         """Scale per sample: (B,)."""

@@ -26,10 +26,10 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def _to_device(value, device):
+def to_device(value, device):
     """A batch's cond/mask on the training device: None, a tensor, or a dict of tensors."""
     if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     return value.to(device) if torch.is_tensor(value) else value
 
 
@@ -118,15 +118,15 @@ class Trainer:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        for module, prefix in ((self.model, "model."), (self.ema.shadow, "ema.")):
-            sd = part(prefix)
+        modules = [(self.model, "model."), (self.ema.shadow, "ema.")]
+        if self.objective.teacher is not None and part("teacher."):  # absent in a checkpoint of stage 1
+            modules.append((self.objective.teacher, "teacher."))
+        for module, prefix in modules:
+            sd, own = part(prefix), module.state_dict()
+            sd = {k: v for k, v in sd.items() if not k.startswith("refiner.") or k in own}  # older fixed scales
             if warm_start:
-                own = module.state_dict()
-                sd = {k: v for k, v in sd.items() if not k.startswith("refiner.") or k in own}
                 sd.update({k: v for k, v in own.items() if k.startswith("refiner.") and k not in sd})
             module.load_state_dict(sd)
-        if self.objective.teacher is not None and part("teacher."):  # absent in a checkpoint of stage 1
-            self.objective.teacher.load_state_dict(part("teacher."))
         optim_state: dict[int, dict] = {}
         for k, v in part("optim.").items():
             i, name = k.split(".", 1)
@@ -169,7 +169,7 @@ class Trainer:
             g["lr"] = self._lr(self.step)
         batch = self.task.batch(cfg.train.batch_size)
         x = batch.x.to(self.device)
-        out = self.loss_module(x, _to_device(batch.cond, self.device), _to_device(batch.mask, self.device))
+        out = self.loss_module(x, to_device(batch.cond, self.device), to_device(batch.mask, self.device))
         loss = out.loss.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(

@@ -5,18 +5,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 import torch  # noqa: E402
 
 
-def plot_panels(panels: dict[str, torch.Tensor], path, bound: float = 6.0, bins: int = 200,
-                max_points: int = 20000) -> None:
-    """panels: title -> samples (N, 1 or 2). 2-D: 2-D histograms; 1-D: density histograms."""
+def plot_panels(panels: dict[str, torch.Tensor], path, bound: float = 6.0, bins: int = 120,
+                max_points: int = 20000, per_row: int = 5) -> None:
+    """panels: title -> samples (N, 1 or 2). 2-D: 2-D histograms on a log colour scale (so that the mass between
+    modes shows); 1-D: density histograms. At most `per_row` panels a row."""
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
-    for ax, (title, x) in zip(axes[0], panels.items()):
+    cols = min(n, per_row)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, x) in zip(axes.flat, panels.items()):
         x = x[:max_points].detach().cpu().numpy()
         if x.shape[1] == 2:
-            ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-bound, bound], [-bound, bound]], cmap="magma")
+            ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-bound, bound], [-bound, bound]], cmap="magma",
+                      norm=LogNorm(vmin=1))
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
