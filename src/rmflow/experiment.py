@@ -97,8 +97,9 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
                                                          in task_columns(trainer.task).items() if k in r))
             rows += method_rows
             if seed == root_cfg.seeds[0]:
-                for label, x in panels.items():  # a label seen before gets its method's name
-                    figure_panels[label if label not in figure_panels else f"{label} ({method})"] = x
+                for label, x in panels.items():  # variants carry their method's name
+                    plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
+                    figure_panels[label if plain else f"{label} ({method})"] = x
         baseline = getattr(trainer.task, "data_baseline", None)  # conditional tasks: data answering the same cond
         data_x = (baseline(reference, 20_000 + seed) if baseline is not None
                   else trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
