@@ -65,13 +65,20 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
         raise ConfigError(f"unknown method(s) {unknown}; this config compares {list(root_cfg.compare)}")
     root = root_cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    rows, figure_panels, reference = [], {}, None
+    rows, figure_panels, reference, task = [], {}, None, None
     for seed in root_cfg.seeds:
         for method, spec in root_cfg.compare.items():
             if methods and method not in methods:
                 continue
             cfg = method_config(base, method, spec, seed)
-            trainer = trainer_class(cfg)(cfg, cfg.run_dir)   # LoRATrainer where the config has a LoRA stage
+            # methods with the same task config share one task (its data, caches, evaluation classifiers);
+            # a task reads the model/method settings from its cfg, which follows the method
+            if task is not None and task.cfg.task == cfg.task:
+                task.cfg = cfg
+            else:
+                task = None
+            trainer = trainer_class(cfg)(cfg, cfg.run_dir, task=task)  # LoRATrainer where the config has LoRA
+            task = trainer.task
             if not trainer.resume() and spec.get("from"):
                 src = spec["from"]
                 if src not in root_cfg.compare:
@@ -104,7 +111,8 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
         data_x = (baseline(reference, 20_000 + seed) if baseline is not None
                   else trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
         data_row = trainer.task.evaluate(data_x, reference)
-        rows.append({"method": "data", "label": "data (second draw)", "sampler": "data", "nfe": 0,
+        rows.append({"method": "data", "sampler": "data", "nfe": 0,
+                     "label": "data (same conditions)" if baseline is not None else "data (second draw)",
                      "seed": seed, **data_row})
     table = markdown_table(rows, task_columns(trainer.task))
     (root / "results.json").write_text(json.dumps(rows, indent=1))

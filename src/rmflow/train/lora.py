@@ -147,12 +147,12 @@ class LoRATrainer(Trainer):
             self.start_lora_stage()
         return super().train_step()
 
-    def load(self, path) -> None:
+    def load(self, path, warm_start: bool = False) -> None:
         from .checkpoint import load_checkpoint
         _, state = load_checkpoint(path)
         if int(state["step"]) > self.stage2_step and not is_adapted(self.model):
             self.start_lora_stage()     # rebuild the stage-2 structure, then load its weights
-        super().load(path)
+        super().load(path, warm_start=warm_start)
 
     def save_adapter(self, directory: str | Path | None = None) -> Path:
         """Save the adapters of the evaluated weights (the EMA's when eval.use_ema) to run_dir/adapter."""
