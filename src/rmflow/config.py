@@ -99,6 +99,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"  # constant | cosine (cosine decay to 0 from lr_decay_start to steps)
+    lr_decay_start: int = 0
     ema_decay: float = 0.999
     grad_clip: float = 1.0         # max global grad norm; 0 disables
     log_every: int = 100
@@ -115,6 +117,8 @@ class TrainConfig:
         check(self.lr > 0, f"{key}.lr", "must be > 0")
         check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         check(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+        check(self.lr_schedule in ("constant", "cosine"), f"{key}.lr_schedule", "must be 'constant' or 'cosine'")
+        check(0 <= self.lr_decay_start < self.steps, f"{key}.lr_decay_start", f"must be in [0, steps={self.steps})")
         check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
         check(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0")
         check(self.num_threads >= 0, f"{key}.num_threads", "must be >= 0")

@@ -21,6 +21,8 @@ def test_presets_load_and_overrides_apply():
     (["train.steps=many"], "train.steps"),
     (["eval.samplers=[meanflow@0]"], "eval.samplers[0]"),
     (["rmflow.nll_start_step=0"], "rmflow.nll_start_step"),
+    (["train.lr_schedule=step"], "train.lr_schedule"),
+    (["train.lr_decay_start=7000"], "train.lr_decay_start"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

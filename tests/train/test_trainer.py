@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -102,3 +103,17 @@ def test_stage2_with_another_sigma_min_samples_with_its_own_scale(tmp_path):
     second.load(first.ckpt_dir / "step_00000003.json", warm_start=True)
     assert abs(second.model.refiner(1).item() - 0.3) < 1e-6
     assert abs(second.ema.shadow.refiner(1).item() - 0.3) < 1e-6
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_from_its_start(tmp_path):
+    cfg = _cfg(tmp_path, "train.steps=300", "train.warmup_steps=10", "train.lr=0.002",
+               "train.lr_schedule=cosine", "train.lr_decay_start=100")
+    tr = Trainer(cfg)
+    assert tr._lr(0) == pytest.approx(0.002 / 10)          # warm-up
+    assert tr._lr(50) == pytest.approx(0.002)              # constant until the decay starts
+    assert tr._lr(100) == pytest.approx(0.002)
+    assert tr._lr(200) == pytest.approx(0.001)             # half way: (1 + cos(π/2))/2
+    assert tr._lr(299) == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 199 / 200)))
+    assert tr._lr(299) < 1e-6
+    constant = Trainer(_cfg(tmp_path / "c", "train.steps=300", "train.warmup_steps=0"))
+    assert constant._lr(0) == constant._lr(299) == constant.cfg.train.lr

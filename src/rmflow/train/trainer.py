@@ -156,8 +156,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def _lr(self, step: int) -> float:
-        warm = self.cfg.train.warmup_steps
-        return self.cfg.train.lr * min(1.0, (step + 1) / warm) if warm else self.cfg.train.lr
+        """Linear warm-up over `warmup_steps`, then constant or, with lr_schedule 'cosine', a half cosine
+        lr·(1 + cos(π·(step - s)/(steps - s)))/2 from s = lr_decay_start down to 0 at the last step."""
+        tc = self.cfg.train
+        lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        if tc.lr_schedule == "cosine" and step >= tc.lr_decay_start:
+            lr *= 0.5 * (1 + math.cos(math.pi * (step - tc.lr_decay_start) / (tc.steps - tc.lr_decay_start)))
+        return lr
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
