@@ -71,7 +71,9 @@ class RMFlowConfig:
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
-    refine: str = "fixed"          # fixed | learned
+    refine: str = "fixed"          # fixed | learned | mixture (vector data)
+    mixture_components: int = 2    # K of refine 'mixture'
+    mixture_hidden: int = 64       # width of the mixture refiner's MLP g(x0, x̂1)
     sigma_c: float = 1e-3          # guided-encoding source noise
 
     def validate(self, key: str, sigma: float) -> None:
@@ -88,7 +90,9 @@ class RMFlowConfig:
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
         check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
-        check(self.refine in ("fixed", "learned"), f"{key}.refine", "must be 'fixed' or 'learned'")
+        check(self.refine in ("fixed", "learned", "mixture"), f"{key}.refine", "must be 'fixed', 'learned' or 'mixture'")
+        check(self.mixture_components >= 2, f"{key}.mixture_components", "must be >= 2")
+        check(self.mixture_hidden >= 1, f"{key}.mixture_hidden", "must be >= 1")
         check(self.sigma_c >= 0, f"{key}.sigma_c", "must be >= 0")
 
 

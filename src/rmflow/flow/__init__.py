@@ -7,7 +7,7 @@ from .model import RMFlow
 from .objective import COUPLINGS, RMFlowObjective
 from .pairing import PAIRINGS, minibatch_ot_permutation, transport_cost
 from .path import LinearPath, PathSample
-from .refine import FixedScale, LearnedScale, scale_nll
+from .refine import FixedScale, LearnedScale, MixtureRefiner, scale_nll
 from .samplers import SampleResult, flow_matching_ode, meanflow, one_step, sample
 from .sources import GaussianSource, GuidedSource
 from .space import EuclideanSpace
@@ -16,6 +16,6 @@ from .times import TimeSampler
 __all__ = [
     "mean_velocity_time_derivative", "unwrap", "CMFMLoss", "masked_sq_norm", "RMFlow", "RMFlowObjective",
     "COUPLINGS", "PAIRINGS", "minibatch_ot_permutation", "transport_cost", "LinearPath", "PathSample",
-    "FixedScale", "LearnedScale", "scale_nll", "SampleResult", "flow_matching_ode", "meanflow", "one_step",
+    "FixedScale", "LearnedScale", "MixtureRefiner", "scale_nll", "SampleResult", "flow_matching_ode", "meanflow", "one_step",
     "sample", "GaussianSource", "GuidedSource", "EuclideanSpace", "TimeSampler",
 ]

@@ -5,6 +5,9 @@
     L_CMFM  on the path from x0 to x1 = x_data + σ·ε1                               (flow/meanflow.py)
     L_NLL   = ‖y - (x0 + u_θ(x0, 0, 1))‖²,   (x0, y) drawn from a coupling π         (the pairing)
 
+With `refine: mixture` a small network g adds its own term, the mixture likelihood of y around sg(x̂1)
+(flow/refine.py, MixtureRefiner); the transport network's gradient is the same as with a fixed scale.
+
 L_NLL is, up to constants, the negative log-likelihood of y under the one-step model
 p_θ(y | x0) = N(x0 + u_θ(x0, 0, 1), s²I); docs/METHOD.md shows that it bounds KL(law of y ‖ p_θ) only when π
 is (nearly) deterministic, and which pairings do that:
@@ -184,6 +187,10 @@ class RMFlowObjective(nn.Module):
                 lscale = scale_nll(nll.detach(), scale, space.dof(x_data, mask))
                 loss = loss + lscale
                 stats["refine_scale"] = scale.detach().mean()
+            if getattr(model.refiner, "mixture", False):
+                mix = model.refiner.nll(x0n, x_hat, y)
+                loss = loss + mix
+                stats["nll_mixture"] = mix.detach().mean()
         if self.lambda_enc > 0 and model.source.guided:
             enc = masked_sq_norm(model.source.encode(cond, x_data), mask)
             loss = loss + self.lambda_enc * enc

@@ -56,3 +56,57 @@ def scale_nll(residual_sq: torch.Tensor, scale: torch.Tensor, dof: torch.Tensor)
     """Gaussian negative log-likelihood (without the 2π constant) of a residual with ‖·‖² = residual_sq:
     residual_sq/(2 s²) + dof·log s. All (B,)."""
     return residual_sq / (2 * scale ** 2) + dof * torch.log(scale)
+
+
+class MixtureRefiner(nn.Module):
+    """A refinement that may jump: x̂_tgt = x̂1 + δ_c + s·ε2 with c ~ Cat(π), i.e. the one-step likelihood
+
+        p(y | x0) = Σ_k π_k N(y; x̂1 + δ_k, s² I),     (δ_1..δ_K, logits π) = g(x0, x̂1),
+
+    g a small MLP of the source point and the one-step output (vector data, (B, D)), s = sqrt(σ_min² - σ²) fixed.
+    A continuous map x0 -> x̂1 must pass through the space between two modes where its target jumps from one to
+    the other (docs/METHOD.md §4); here the jump is carried by the discrete choice c, so π may change smoothly
+    while every sample still lands beside one mode. The transport network's own gradient is untouched: g is
+    trained on sg(x̂1) by `nll` (the mixture's negative log-likelihood, times s² so that it is on the scale of
+    a squared error).
+    """
+
+    learned = False
+    mixture = True
+
+    def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 64):
+        super().__init__()
+        if components < 2 or dim < 1:
+            raise ValueError(f"need components >= 2 and dim >= 1, got {components} and {dim}")
+        self.scale = FixedScale(sigma_min, sigma)
+        self.dim, self.components = dim, components
+        self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, components * (dim + 1)))
+        with torch.no_grad():  # start near the fixed refinement: small, distinct offsets, near-uniform weights
+            self.net[-1].weight.mul_(0.1)
+            self.net[-1].bias.normal_(0.0, 0.1 * float(self.scale.value))
+
+    def forward(self, batch_size: int, cond=None) -> torch.Tensor:
+        """The Gaussian scale s per sample: (B,)."""
+        return self.scale(batch_size)
+
+    def mixture_params(self, x0: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0, x_hat: (B, D) -> component means (B, K, D) and log-weights (B, K)."""
+        out = self.net(torch.cat([x0, x_hat], dim=-1)).view(-1, self.components, self.dim + 1)
+        return x_hat.unsqueeze(1) + out[..., :-1], torch.log_softmax(out[..., -1], dim=-1)
+
+    def nll(self, x0: torch.Tensor, x_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """s²·(−log p(y | x0)) without the 2π and log s constants: −s²·logsumexp_k(log π_k − ‖y − μ_k‖²/(2s²)),
+        (B,). Gradients reach g only (x_hat is detached)."""
+        means, log_w = self.mixture_params(x0, x_hat.detach())
+        s2 = self.scale.value ** 2
+        sq = (y.unsqueeze(1) - means).pow(2).sum(-1)
+        return -s2 * torch.logsumexp(log_w - sq / (2 * s2), dim=-1)
+
+    def sample(self, x0: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of x̂_tgt per row: (B, D)."""
+        means, log_w = self.mixture_params(x0, x_hat)
+        c = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(1)
+        mean = means[torch.arange(len(c), device=c.device), c]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + self.scale.value * noise

@@ -38,9 +38,12 @@ def meanflow(model, x0: torch.Tensor, steps: int = 1, cond=None, mask=None) -> S
 @torch.no_grad()
 def one_step(model, x0: torch.Tensor, cond=None, mask=None, refine: bool = True,
              generator: torch.Generator | None = None) -> SampleResult:
-    """RMFlow's sampler: one MeanFlow jump then the noise-injection refinement (1 NFE)."""
+    """RMFlow's sampler: one MeanFlow jump then the noise-injection refinement (1 NFE; a mixture refiner adds
+    one evaluation of its small network g, not of u_θ)."""
     x = meanflow(model, x0, 1, cond, mask).x
-    if refine:
+    if refine and getattr(model.refiner, "mixture", False):
+        x = model.refiner.sample(x0, x, generator)
+    elif refine:
         scale = model.refiner(x.shape[0], cond)
         x = x + expand_time(scale, x) * model.space.randn_like(x, mask, generator)
     return SampleResult(x, 1)

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..flow import FixedScale, GaussianSource, GuidedSource, LearnedScale, RMFlow
+from ..config import ConfigError
+from ..flow import FixedScale, GaussianSource, GuidedSource, LearnedScale, MixtureRefiner, RMFlow
 
 
 @dataclass
@@ -72,12 +73,18 @@ def get_task(name: str) -> TaskSpec:
 
 
 def build_rmflow(net: nn.Module, cfg, space, encoder: nn.Module | None = None,
-                 scale_net: nn.Module | None = None) -> RMFlow:
-    """Assemble RMFlow from a task's network (and optional condition encoder φ_ω) following cfg.rmflow."""
+                 scale_net: nn.Module | None = None, vector_dim: int | None = None) -> RMFlow:
+    """Assemble RMFlow from a task's network (and optional condition encoder φ_ω) following cfg.rmflow.
+    vector_dim: D of (B, D) data, for tasks that support the mixture refiner."""
     rm = cfg.rmflow
     source = GuidedSource(encoder, rm.sigma_c, space) if encoder is not None else GaussianSource(space)
     if rm.refine == "learned":
         refiner = LearnedScale((rm.sigma_min ** 2 - cfg.flow.sigma ** 2) ** 0.5, scale_net)
+    elif rm.refine == "mixture":
+        if vector_dim is None:
+            raise ConfigError(f"config key 'rmflow.refine': 'mixture' needs vector data (B, D); task "
+                              f"{cfg.task.name!r} does not support it")
+        refiner = MixtureRefiner(vector_dim, rm.mixture_components, rm.sigma_min, cfg.flow.sigma, rm.mixture_hidden)
     else:
         refiner = FixedScale(rm.sigma_min, cfg.flow.sigma)
     return RMFlow(net, source, refiner, space)

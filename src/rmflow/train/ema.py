@@ -8,16 +8,23 @@ from torch import nn
 
 
 class EMA(nn.Module):
-    """shadow ← decay·shadow + (1 - decay)·param after each optimiser step."""
+    """shadow ← decay·shadow + (1 - decay)·param after each optimiser step.
 
-    def __init__(self, model: nn.Module, decay: float):
+    Parameters whose names start with one of `exact_prefixes` are copied instead of averaged: a part that starts
+    training late (the mixture refiner of stage 2) would otherwise keep e^(-n(1-decay)) of its random start.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, exact_prefixes: tuple[str, ...] = ()):
         super().__init__()
-        self.decay = decay
+        self.decay, self.exact_prefixes = decay, tuple(exact_prefixes)
         self.shadow = copy.deepcopy(model).requires_grad_(False).eval()
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1 - self.decay)
+        for (name, s), p in zip(self.shadow.named_parameters(), model.parameters()):
+            if self.exact_prefixes and name.startswith(self.exact_prefixes):
+                s.copy_(p.detach())
+            else:
+                s.lerp_(p.detach(), 1 - self.decay)
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)

@@ -64,7 +64,8 @@ class Trainer:
         self.objective = build_objective(cfg, self.model).to(self.device)
         self.loss_module = prepare_loss_module(self.objective, self.device, self.dist, cfg.train.precision,
                                                cfg.train.compile)  # [autocast ->] [DDP ->] [compile]
-        self.ema = EMA(self.model, cfg.train.ema_decay)
+        self.ema = EMA(self.model, cfg.train.ema_decay,
+                       ("refiner.",) if getattr(self.model.refiner, "mixture", False) else ())
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.step = 0

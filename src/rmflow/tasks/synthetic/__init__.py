@@ -52,7 +52,7 @@ class SyntheticTask(Task):
     def build_model(self):
         m = self.cfg.model
         net = MLP(self.density.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed)
-        return build_rmflow(net, self.cfg, self.space)
+        return build_rmflow(net, self.cfg, self.space, vector_dim=self.density.dim)
 
     def batch(self, batch_size: int) -> Batch:
         return Batch(self.density.sample(batch_size))
