@@ -74,6 +74,7 @@ class RMFlowConfig:
     refine: str = "fixed"          # fixed | learned | mixture (vector data)
     mixture_components: int = 2    # K of refine 'mixture'
     mixture_hidden: int = 64       # width of the mixture refiner's MLP g(x0, x̂1)
+    mixture_pick: str = "argmax"   # argmax | sample: how the sampler chooses the mixture component
     sigma_c: float = 1e-3          # guided-encoding source noise
 
     def validate(self, key: str, sigma: float) -> None:
@@ -93,6 +94,7 @@ class RMFlowConfig:
         check(self.refine in ("fixed", "learned", "mixture"), f"{key}.refine", "must be 'fixed', 'learned' or 'mixture'")
         check(self.mixture_components >= 2, f"{key}.mixture_components", "must be >= 2")
         check(self.mixture_hidden >= 1, f"{key}.mixture_hidden", "must be >= 1")
+        check(self.mixture_pick in ("argmax", "sample"), f"{key}.mixture_pick", "must be 'argmax' or 'sample'")
         check(self.sigma_c >= 0, f"{key}.sigma_c", "must be >= 0")
 
 

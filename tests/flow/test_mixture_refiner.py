@@ -7,9 +7,9 @@ from torch import distributions as D
 from rmflow.flow import MixtureRefiner
 
 
-def _mixture(dim=3, k=4, seed=0):
+def _mixture(dim=3, k=4, seed=0, pick="sample"):
     torch.manual_seed(seed)
-    m = MixtureRefiner(dim, k, sigma_min=0.3, sigma=0.1).double()
+    m = MixtureRefiner(dim, k, sigma_min=0.3, sigma=0.1, pick=pick).double()
     with torch.no_grad():  # spread the components so that the test sees real mixtures
         m.net[-1].weight.normal_()
         m.net[-1].bias.normal_()
@@ -56,13 +56,16 @@ def test_mixture_samples_follow_the_weights_and_sit_at_the_chosen_component():
     assert torch.allclose(freq, log_w[0].exp(), atol=0.015)
     resid = x - means[0][nearest]
     assert resid.std().item() == pytest.approx(math.sqrt(0.3 ** 2 - 0.1 ** 2), rel=0.05)
+    m.pick = "argmax"
+    x = m.sample(x0, x_hat, torch.Generator().manual_seed(0))
+    assert (torch.cdist(x, means[0]).argmin(1) == log_w[0].argmax()).float().mean() > 0.99
 
 
 def test_mixture_refiner_removes_the_bridge_of_a_smooth_map_across_a_jump():
     """Target y = sign(x0)·2 (a jump); the transport output is a smooth ramp, which puts mass between ±2.
     The fixed refinement keeps that mass there; the trained mixture sends each sample to one side."""
     torch.manual_seed(0)
-    m = MixtureRefiner(1, 2, sigma_min=0.1, sigma=0.0, hidden=32)
+    m = MixtureRefiner(1, 2, sigma_min=0.1, sigma=0.0, hidden=32, pick="sample")
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     ramp = lambda x0: 2 * torch.tanh(2 * x0)  # noqa: E731
     for _ in range(1500):
@@ -80,3 +83,8 @@ def test_mixture_refiner_removes_the_bridge_of_a_smooth_map_across_a_jump():
     assert between(fixed) > 0.2
     assert between(mixed) < 0.02
     assert abs((mixed > 0).float().mean().item() - 0.5) < 0.02  # the weights of the two sides survive
+    m.pick = "argmax"
+    with torch.no_grad():
+        picked = m.sample(x0, ramp(x0), torch.Generator().manual_seed(2))
+    assert between(picked) < 0.01
+    assert ((picked > 0) == (x0 > 0)).float().mean() > 0.98  # the most likely branch is the teacher's side

@@ -23,6 +23,9 @@ def test_presets_load_and_overrides_apply():
     (["rmflow.nll_start_step=0"], "rmflow.nll_start_step"),
     (["train.lr_schedule=step"], "train.lr_schedule"),
     (["train.lr_decay_start=7000"], "train.lr_decay_start"),
+    (["rmflow.refine=mixtures"], "rmflow.refine"),
+    (["rmflow.mixture_components=1"], "rmflow.mixture_components"),
+    (["rmflow.mixture_pick=mode"], "rmflow.mixture_pick"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -64,6 +64,10 @@ class MixtureRefiner(nn.Module):
         p(y | x0) = Σ_k π_k N(y; x̂1 + δ_k, s² I),     (δ_1..δ_K, logits π) = g(x0, x̂1),
 
     g a small MLP of the source point and the one-step output (vector data, (B, D)), s = sqrt(σ_min² - σ²) fixed.
+    `pick` chooses c when sampling: "sample" draws c ~ Cat(π) (the mixture itself); "argmax" takes the most
+    likely component, c = argmax_k π_k(x0). Against a deterministic teacher the ideal π is one-hot (y given x0
+    is a single Gaussian), so argmax removes only the approximation error of π; the result is a one-step map
+    μ_c(x0) that may jump, plus the Gaussian refinement.
     A continuous map x0 -> x̂1 must pass through the space between two modes where its target jumps from one to
     the other (docs/METHOD.md §4); here the jump is carried by the discrete choice c, so π may change smoothly
     while every sample still lands beside one mode. The transport network's own gradient is untouched: g is
@@ -74,10 +78,14 @@ class MixtureRefiner(nn.Module):
     learned = False
     mixture = True
 
-    def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 64):
+    def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 64,
+                 pick: str = "argmax"):
         super().__init__()
         if components < 2 or dim < 1:
             raise ValueError(f"need components >= 2 and dim >= 1, got {components} and {dim}")
+        if pick not in ("argmax", "sample"):
+            raise ValueError(f"pick must be 'argmax' or 'sample', got {pick!r}")
+        self.pick = pick
         self.scale = FixedScale(sigma_min, sigma)
         self.dim, self.components = dim, components
         self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -106,7 +114,10 @@ class MixtureRefiner(nn.Module):
     def sample(self, x0: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw of x̂_tgt per row: (B, D)."""
         means, log_w = self.mixture_params(x0, x_hat)
-        c = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(1)
+        if self.pick == "argmax":
+            c = log_w.argmax(1)
+        else:
+            c = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(1)
         mean = means[torch.arange(len(c), device=c.device), c]
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + self.scale.value * noise

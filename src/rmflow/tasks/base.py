@@ -84,7 +84,8 @@ def build_rmflow(net: nn.Module, cfg, space, encoder: nn.Module | None = None,
         if vector_dim is None:
             raise ConfigError(f"config key 'rmflow.refine': 'mixture' needs vector data (B, D); task "
                               f"{cfg.task.name!r} does not support it")
-        refiner = MixtureRefiner(vector_dim, rm.mixture_components, rm.sigma_min, cfg.flow.sigma, rm.mixture_hidden)
+        refiner = MixtureRefiner(vector_dim, rm.mixture_components, rm.sigma_min, cfg.flow.sigma, rm.mixture_hidden,
+                                 rm.mixture_pick)
     else:
         refiner = FixedScale(rm.sigma_min, cfg.flow.sigma)
     return RMFlow(net, source, refiner, space)
