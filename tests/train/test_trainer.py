@@ -117,3 +117,21 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_from_its_start(tmp_path):
     assert tr._lr(299) < 1e-6
     constant = Trainer(_cfg(tmp_path / "c", "train.steps=300", "train.warmup_steps=0"))
     assert constant._lr(0) == constant._lr(299) == constant.cfg.train.lr
+
+
+def test_ema_copies_the_late_starting_mixture_refiner_and_averages_the_rest(tmp_path):
+    tr = Trainer(_cfg(tmp_path, "rmflow.refine=mixture"))
+    assert tr.ema.exact_prefixes == ("refiner.",)
+    before = {k: v.clone() for k, v in tr.ema.shadow.named_parameters()}
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(1.0)
+    tr.ema.update(tr.model)
+    after, model = dict(tr.ema.shadow.named_parameters()), dict(tr.model.named_parameters())
+    assert any(n.startswith("refiner.net.") for n in model) and any(n.startswith("net.") for n in model)
+    for name in model:
+        if name.startswith("refiner.net."):
+            torch.testing.assert_close(after[name], model[name])
+        elif name.startswith("net."):
+            torch.testing.assert_close(after[name], before[name] + (1 - tr.cfg.train.ema_decay))
+    assert Trainer(_cfg(tmp_path / "f")).ema.exact_prefixes == ()

@@ -59,20 +59,17 @@ def scale_nll(residual_sq: torch.Tensor, scale: torch.Tensor, dof: torch.Tensor)
 
 
 class MixtureRefiner(nn.Module):
-    """A refinement that may jump: x̂_tgt = x̂1 + δ_c + s·ε2 with c ~ Cat(π), i.e. the one-step likelihood
+    """A refinement that may jump: a K-component Gaussian mixture around the one-step output,
 
-        p(y | x0) = Σ_k π_k N(y; x̂1 + δ_k, s² I),     (δ_1..δ_K, logits π) = g(x0, x̂1),
+        p(y | x0) = Σ_k π_k N(y; x̂1 + δ_k, s² I),     (δ_1..δ_K, logits of π) = g(x0, x̂1),
 
     g a small MLP of the source point and the one-step output (vector data, (B, D)), s = sqrt(σ_min² - σ²) fixed.
-    `pick` chooses c when sampling: "sample" draws c ~ Cat(π) (the mixture itself); "argmax" takes the most
-    likely component, c = argmax_k π_k(x0). Against a deterministic teacher the ideal π is one-hot (y given x0
-    is a single Gaussian), so argmax removes only the approximation error of π; the result is a one-step map
-    μ_c(x0) that may jump, plus the Gaussian refinement.
     A continuous map x0 -> x̂1 must pass through the space between two modes where its target jumps from one to
-    the other (docs/METHOD.md §4); here the jump is carried by the discrete choice c, so π may change smoothly
-    while every sample still lands beside one mode. The transport network's own gradient is untouched: g is
-    trained on sg(x̂1) by `nll` (the mixture's negative log-likelihood, times s² so that it is on the scale of
-    a squared error).
+    the other (docs/METHOD.md §4); here the jump is carried by the discrete choice of component. Sampling:
+    x̂_tgt = x̂1 + δ_c + s·ε2, with c = argmax_k π_k(x0) (`pick="argmax"`: against a deterministic teacher the ideal
+    π is one-hot, so this removes only π's approximation error) or c ~ Cat(π) (`pick="sample"`, the mixture
+    itself). The transport network's own gradient is untouched: g is trained on sg(x̂1) by `nll` (the mixture's
+    negative log-likelihood times s², so that it is on the scale of a squared error).
     """
 
     learned = False
