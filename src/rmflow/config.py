@@ -73,7 +73,7 @@ class RMFlowConfig:
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
     refine: str = "fixed"          # fixed | learned | mixture (vector data)
     mixture_components: int = 2    # K of refine 'mixture'
-    mixture_hidden: int = 64       # width of the mixture refiner's MLP g(x0, x̂1)
+    mixture_hidden: int = 256      # width of the mixture refiner's MLP g(x0, x̂1)
     mixture_pick: str = "argmax"   # argmax | sample: how the sampler chooses the mixture component
     sigma_c: float = 1e-3          # guided-encoding source noise
 

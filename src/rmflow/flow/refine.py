@@ -75,7 +75,7 @@ class MixtureRefiner(nn.Module):
     learned = False
     mixture = True
 
-    def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 64,
+    def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 256,
                  pick: str = "argmax"):
         super().__init__()
         if components < 2 or dim < 1:
