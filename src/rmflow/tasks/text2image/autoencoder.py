@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fitting import fit
+
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(min(8, cout), cout),
@@ -50,22 +52,8 @@ class ConvAutoencoder(nn.Module):
 def train_autoencoder(ae: ConvAutoencoder, images: torch.Tensor, steps: int = 1500, batch_size: int = 64,
                       lr: float = 2e-3, seed: int = 0, log=None) -> list[float]:
     """Fit the autoencoder on images (N, C, H, W), then set `scale` to the latents' standard deviation."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    ae.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        loss = ae.loss(images[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log and (step + 1) % 500 == 0:
-            log(f"autoencoder step {step + 1}/{steps}: loss {sum(losses[-100:]) / 100:.4f}")
-    ae.eval()
+    losses = fit(ae, len(images), lambda idx, gen: ae.loss(images[idx]), steps, batch_size, lr, seed,
+                 "autoencoder", log)
     with torch.no_grad():
         z = torch.cat([ae.encoder(images[i:i + 512]) for i in range(0, len(images), 512)])
         ae.scale.fill_(float(z.std()))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fitting import fit
+
 
 class AttributeClassifier(nn.Module):
     """x: (B, C, H, W) in [-1, 1] -> list of logits, one (B, n_k) per attribute."""
@@ -58,21 +60,8 @@ def train_classifier(clf: AttributeClassifier, images: torch.Tensor, labels: tor
                      batch_size: int = 128, lr: float = 2e-3, noise: float = 0.05, seed: int = 0,
                      log=None) -> list[float]:
     """Cross-entropy summed over attributes; inputs get N(0, noise²) pixel noise (robustness to sample noise)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    clf.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+    def batch_loss(idx, gen):
         x = images[idx] + noise * torch.randn(images[idx].shape, generator=gen)
-        loss = sum(F.cross_entropy(lg, labels[idx, k]) for k, lg in enumerate(clf(x)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log and (step + 1) % 500 == 0:
-            log(f"classifier step {step + 1}/{steps}: loss {sum(losses[-100:]) / 100:.4f}")
-    clf.eval()
-    return losses
+        return sum(F.cross_entropy(lg, labels[idx, k]) for k, lg in enumerate(clf(x)))
+
+    return fit(clf, len(images), batch_loss, steps, batch_size, lr, seed, "classifier", log)
