@@ -50,14 +50,14 @@ def test_mixture_samples_follow_the_weights_and_sit_at_the_chosen_component():
     x0 = torch.zeros(1, 2, dtype=torch.float64).expand(20000, 2)
     x_hat = torch.ones(1, 2, dtype=torch.float64).expand(20000, 2)
     means, log_w = m.mixture_params(x0[:1], x_hat[:1])
-    x = m.sample(x0, x_hat, torch.Generator().manual_seed(0))
+    x = m.refine(x0, x_hat, generator=torch.Generator().manual_seed(0))
     nearest = torch.cdist(x, means[0]).argmin(1)
     freq = torch.bincount(nearest, minlength=3).double() / len(x)
     assert torch.allclose(freq, log_w[0].exp(), atol=0.015)
     resid = x - means[0][nearest]
     assert resid.std().item() == pytest.approx(math.sqrt(0.3 ** 2 - 0.1 ** 2), rel=0.05)
     m.pick = "argmax"
-    x = m.sample(x0, x_hat, torch.Generator().manual_seed(0))
+    x = m.refine(x0, x_hat, generator=torch.Generator().manual_seed(0))
     assert (torch.cdist(x, means[0]).argmin(1) == log_w[0].argmax()).float().mean() > 0.99
 
 
@@ -78,13 +78,13 @@ def test_mixture_refiner_removes_the_bridge_of_a_smooth_map_across_a_jump():
     x0 = torch.randn(20000, 1, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fixed = ramp(x0) + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
-        mixed = m.sample(x0, ramp(x0), torch.Generator().manual_seed(2))
+        mixed = m.refine(x0, ramp(x0), generator=torch.Generator().manual_seed(2))
     between = lambda x: ((x.abs() < 1.5).float().mean().item())  # noqa: E731
     assert between(fixed) > 0.2
     assert between(mixed) < 0.02
     assert abs((mixed > 0).float().mean().item() - 0.5) < 0.02  # the weights of the two sides survive
     m.pick = "argmax"
     with torch.no_grad():
-        picked = m.sample(x0, ramp(x0), torch.Generator().manual_seed(2))
+        picked = m.refine(x0, ramp(x0), generator=torch.Generator().manual_seed(2))
     assert between(picked) < 0.01
     assert ((picked > 0) == (x0 > 0)).float().mean() > 0.98  # the most likely branch is the teacher's side

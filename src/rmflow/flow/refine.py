@@ -14,8 +14,19 @@ import math
 import torch
 from torch import nn
 
+from .path import expand_time
 
-class FixedScale(nn.Module):
+
+class _GaussianRefinement(nn.Module):
+    """x̂_tgt = x̂1 + s·ε2 in the task's space, s = self(B, cond): (B,)."""
+
+    def refine(self, x0, x_hat, space, cond=None, mask=None, generator=None) -> torch.Tensor:
+        """x0, x_hat: (B, *D) source and one-step output -> the refined sample (B, *D)."""
+        scale = self(x_hat.shape[0], cond)
+        return x_hat + expand_time(scale, x_hat) * space.randn_like(x_hat, mask, generator)
+
+
+class FixedScale(_GaussianRefinement):
     """s = sqrt(σ_min² - σ²), the paper's choice."""
 
     learned = False
@@ -33,7 +44,7 @@ class FixedScale(nn.Module):
         return self.value.expand(batch_size)
 
 
-class LearnedScale(nn.Module):
+class LearnedScale(_GaussianRefinement):
     """s = exp(log_s) (a scalar), or s = exp(g(c)) for a network g of the condition; always positive."""
 
     learned = True
@@ -108,8 +119,8 @@ class MixtureRefiner(nn.Module):
         sq = (y.unsqueeze(1) - means).pow(2).sum(-1)
         return -s2 * torch.logsumexp(log_w - sq / (2 * s2), dim=-1)
 
-    def sample(self, x0: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw of x̂_tgt per row: (B, D)."""
+    def refine(self, x0, x_hat, space=None, cond=None, mask=None, generator=None) -> torch.Tensor:
+        """One draw of x̂_tgt per row: (B, D) (vector data: space, cond and mask are not used)."""
         means, log_w = self.mixture_params(x0, x_hat)
         if self.pick == "argmax":
             c = log_w.argmax(1)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .path import expand_time
 
 
 @dataclass
@@ -41,11 +40,8 @@ def one_step(model, x0: torch.Tensor, cond=None, mask=None, refine: bool = True,
     """RMFlow's sampler: one MeanFlow jump then the noise-injection refinement (1 NFE; a mixture refiner adds
     one evaluation of its small network g, not of u_θ)."""
     x = meanflow(model, x0, 1, cond, mask).x
-    if refine and getattr(model.refiner, "mixture", False):
-        x = model.refiner.sample(x0, x, generator)
-    elif refine:
-        scale = model.refiner(x.shape[0], cond)
-        x = x + expand_time(scale, x) * model.space.randn_like(x, mask, generator)
+    if refine:
+        x = model.refiner.refine(x0, x, model.space, cond, mask, generator)
     return SampleResult(x, 1)
 
 
