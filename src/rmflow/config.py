@@ -71,6 +71,9 @@ class RMFlowConfig:
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
+    teacher_filter: float = 0.0    # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
+                                   # q-quantile of the data's own nearest-neighbour distances (0: keep all)
+    filter_reference: int = 20000  # data points the filter measures against
     refine: str = "fixed"          # fixed | learned | mixture (vector data)
     mixture_components: int = 2    # K of refine 'mixture'
     mixture_hidden: int = 256      # width of the mixture refiner's MLP g(x0, x̂1)
@@ -91,6 +94,10 @@ class RMFlowConfig:
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
         check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
+        check(0 <= self.teacher_filter < 1, f"{key}.teacher_filter", "must be in [0, 1)")
+        check(not (self.teacher_filter > 0 and not self.teacher_bank), f"{key}.teacher_filter",
+              "filters the teacher bank: needs rmflow.teacher_bank > 0")
+        check(self.filter_reference >= 2, f"{key}.filter_reference", "must be >= 2")
         check(self.refine in ("fixed", "learned", "mixture"), f"{key}.refine", "must be 'fixed', 'learned' or 'mixture'")
         check(self.mixture_components >= 2, f"{key}.mixture_components", "must be >= 2")
         check(self.mixture_hidden >= 1, f"{key}.mixture_hidden", "must be >= 1")

@@ -26,6 +26,10 @@ function of x0 plus independent noise, so any sampling law of x0 with full suppo
 - `teacher_bank = N`: the teacher's pairs (x0, T_k(x0)) are computed once for N source draws when the teacher
   is frozen (deterministically from `bank_seed`, so resume rebuilds the same bank), instead of k teacher
   evaluations per step. Unconditional data only.
+- `teacher_filter = q`: bank pairs whose partner T_k(x0) lies off the data's support — farther from a reference
+  sample of the data than the q-quantile of the data's own nearest-neighbour distances — are dropped. This one
+  *does* change the target: the teacher's own bridge mass between modes is not copied (docs/METHOD.md §4c).
+  The trainer hands the reference sample over with `set_filter_reference`.
 - `nll_focus = q`: a share q of the L_NLL batch is the q·B pairs with the largest current error among a pool
   of 4·B candidates: the one-step map's errors concentrate where the teacher's transport jumps between modes,
   and plain sampling visits those x0 rarely.
@@ -41,7 +45,7 @@ from torch import nn
 from . import samplers
 from .meanflow import CMFMLoss, masked_sq_norm
 from .model import RMFlow
-from .pairing import PAIRINGS, minibatch_ot_permutation
+from .pairing import PAIRINGS, data_support_mask, minibatch_ot_permutation
 from .refine import scale_nll
 
 COUPLINGS = ("independent", "minibatch_ot")
@@ -63,7 +67,7 @@ class RMFlowObjective(nn.Module):
     def __init__(self, model: RMFlow, cmfm: CMFMLoss, sigma: float = 0.0, sigma_min: float = 0.1,
                  lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
                  teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent",
-                 teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0):
+                 teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0, teacher_filter: float = 0.0):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
@@ -82,18 +86,25 @@ class RMFlowObjective(nn.Module):
             raise ValueError("need teacher_bank >= 0 and 0 <= nll_focus < 1")
         self.teacher_bank, self.nll_focus, self.bank_seed = int(teacher_bank), float(nll_focus), int(bank_seed)
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        if not 0 <= teacher_filter < 1 or (teacher_filter and not teacher_bank):
+            raise ValueError("teacher_filter must be in [0, 1) and needs teacher_bank > 0")
+        self.teacher_filter = float(teacher_filter)
+        self._filter_ref: torch.Tensor | None = None
+        self.bank_kept = 1.0   # share of the bank that passed the filter
+        # a Python flag, not the step number: torch.compile then guards on a value that changes once (one
+        # recompile when the likelihood stage starts) instead of breaking the graph to read a tensor every step
+        self._in_nll_stage = self.nll_start_step <= 0
         self.teacher = None
         if pairing == "teacher" and lambda_nll > 0:
             self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
 
     # -- stage control -------------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
-        self.step.fill_(step)
+        self._in_nll_stage = step >= self.nll_start_step
 
     @property
     def nll_active(self) -> bool:
-        return self.lambda_nll > 0 and int(self.step) >= self.nll_start_step
+        return self.lambda_nll > 0 and self._in_nll_stage
 
     @torch.no_grad()
     def freeze_teacher(self, source: nn.Module) -> None:
@@ -101,6 +112,11 @@ class RMFlowObjective(nn.Module):
         if self.teacher is not None:
             self.teacher.load_state_dict(source.state_dict())
             self._bank = None
+
+    def set_filter_reference(self, data: torch.Tensor) -> None:
+        """data: (M, *D) a sample of the training data, the reference of `teacher_filter`."""
+        self._filter_ref = data.detach()
+        self._bank = None
 
     @torch.no_grad()
     def _teacher_bank(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +127,12 @@ class RMFlowObjective(nn.Module):
             x0 = self.model.draw_source(template, None, None, gen)
             y = torch.cat([samplers.meanflow(self.teacher, chunk, self.teacher_steps).x
                            for chunk in x0.split(8192)])
+            if self.teacher_filter:
+                if self._filter_ref is None:
+                    raise RuntimeError("teacher_filter: call set_filter_reference(data) before the likelihood stage")
+                keep = data_support_mask(y, self._filter_ref.to(y.device), self.teacher_filter)
+                self.bank_kept = keep.float().mean().item()
+                x0, y = x0[keep], y[keep]
             self._bank = (x0, y)
         return self._bank
 

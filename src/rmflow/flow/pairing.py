@@ -30,3 +30,28 @@ def minibatch_ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor
 def transport_cost(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of paired rows: the batch transport cost of a coupling."""
     return (x0 - x1).flatten(1).pow(2).sum(1).mean()
+
+
+def nearest_distance(x: torch.Tensor, ref: torch.Tensor, exclude_self: bool = False, chunk: int = 2048
+                     ) -> torch.Tensor:
+    """Euclidean distance from each row of x (N, *D) to its nearest row of ref (M, *D): (N,).
+
+    exclude_self: x is ref itself, and each row's distance to itself is ignored (leave-one-out).
+    """
+    a, b = x.detach().flatten(1).float(), ref.detach().flatten(1).float()
+    out = []
+    for start in range(0, len(a), chunk):
+        d = torch.cdist(a[start:start + chunk], b)
+        if exclude_self:
+            rows = torch.arange(len(d), device=d.device)
+            d[rows, rows + start] = float("inf")
+        out.append(d.min(1).values)
+    return torch.cat(out)
+
+
+def data_support_mask(y: torch.Tensor, ref: torch.Tensor, q: float) -> torch.Tensor:
+    """(N,) bool: rows of y (N, *D) whose nearest-neighbour distance to the data sample ref (M, *D) is at most the
+    q-quantile of ref's own leave-one-out nearest-neighbour distances — y lies where the data have support, at the
+    density level that all but a share 1 - q of the data points reach."""
+    tau = torch.quantile(nearest_distance(ref, ref, exclude_self=True), q)
+    return nearest_distance(y, ref) <= tau

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .embeddings import TimePairEmbedding
+from .norms import GroupNorm
 
 
 def _groups(channels: int) -> int:
@@ -34,10 +35,10 @@ class ResBlock1d(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, kernel: int = 3):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.norm1 = GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
         self.film = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.norm2 = GroupNorm(_groups(c_out), c_out)
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=kernel // 2)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -58,7 +59,7 @@ class SelfAttention1d(nn.Module):
         if channels % heads:
             raise ValueError(f"attention: channels ({channels}) must be divisible by heads ({heads})")
         self.heads = heads
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = GroupNorm(_groups(channels), channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.out = nn.Conv1d(channels, channels, 1)
 
@@ -116,7 +117,7 @@ class UNet1d(nn.Module):
             self.upsample.append(nn.Conv1d(c, widths[i - 1], 3, padding=1) if i > 0 else None)
             if i > 0:
                 c = widths[i - 1]
-        self.out_norm = nn.GroupNorm(_groups(c), c)
+        self.out_norm = GroupNorm(_groups(c), c)
         self.out = nn.Conv1d(c, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import TimePairEmbedding
+from .norms import GroupNorm, LayerNorm
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -63,9 +64,9 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, context_dim: int | None, heads: int = 4):
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = GroupNorm(_groups(channels), channels)
         self.self_attn = MultiHeadAttention(channels, None, heads)
-        self.cross_norm = nn.LayerNorm(channels) if context_dim else None
+        self.cross_norm = LayerNorm(channels) if context_dim else None
         self.cross_attn = MultiHeadAttention(channels, context_dim, heads) if context_dim else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -82,10 +83,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.norm1 = GroupNorm(_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.norm2 = GroupNorm(_groups(out_ch), out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -146,7 +147,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                              nn.Conv2d(ch, ch, 3, padding=1)))
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.norm_out = GroupNorm(_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
 
     @staticmethod

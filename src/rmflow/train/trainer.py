@@ -40,7 +40,7 @@ def build_objective(cfg: Config, model) -> RMFlowObjective:
     return RMFlowObjective(model, cmfm, sigma=f.sigma, sigma_min=rm.sigma_min, lambda_nll=rm.lambda_nll,
                            lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
                            nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
-                           nll_focus=rm.nll_focus, bank_seed=cfg.seed)
+                           nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter)
 
 
 class Trainer:
@@ -62,6 +62,10 @@ class Trainer:
         self.task = task or get_task(cfg.task.name).factory(cfg)
         self.model = self.task.build_model().to(self.device)
         self.objective = build_objective(cfg, self.model).to(self.device)
+        if cfg.rmflow.teacher_filter > 0:   # a fixed data sample (its own RNG stream: resume rebuilds the same one)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 1_000_003)
+                self.objective.set_filter_reference(self.task.batch(cfg.rmflow.filter_reference).x.to(self.device))
         self.loss_module = prepare_loss_module(self.objective, self.device, self.dist, cfg.train.precision,
                                                cfg.train.compile)  # [autocast ->] [DDP ->] [compile]
         self.ema = EMA(self.model, cfg.train.ema_decay,
