@@ -4,7 +4,8 @@
 #     OUT=runs/bench-gpu bash benchmarks/gpu.sh
 # Stages: the ring benchmark eager (fp32, batch 512) and at a compute-bound batch (bf16, 16384), the lorenz
 # benchmark, a short bf16 + torch.compile training run through the likelihood stage and its evaluation, a one-process
-# torchrun (NCCL) run, and the ring benchmark compiled.
+# torchrun (NCCL) run, and the ring benchmark compiled. It runs from the source tree (PYTHONPATH=src) under the
+# machine's own torch; the project's other dependencies must be importable (POT for the synthetic metrics).
 set -uo pipefail
 OUT=${OUT:-runs/bench-gpu}
 mkdir -p "$OUT"
