@@ -50,3 +50,15 @@ def test_norm_jvp_matches_finite_differences_and_compiles(make):
 
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)   # raises if Dynamo cannot trace it
     torch.testing.assert_close(compiled(x, v), loss(x, v))
+
+
+def test_norms_keep_bf16_statistics_in_float32():
+    """A bf16 input is normalised in float32 (as torch's autocast does for its norms) and returned as bf16."""
+    torch.manual_seed(0)
+    x = (5 + 0.01 * torch.randn(2, 8, 64)).bfloat16()      # large mean, small spread: bf16 statistics would fail
+    ours, ref = GroupNorm(4, 8), nn.GroupNorm(4, 8)
+    y = ours(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref(x.float()), rtol=0.02, atol=0.02)
+    ln = LayerNorm(64)
+    torch.testing.assert_close(ln(x).float(), nn.LayerNorm(64)(x.float()), rtol=0.02, atol=0.02)
