@@ -90,7 +90,6 @@ class RMFlowObjective(nn.Module):
             raise ValueError("teacher_filter must be in [0, 1) and needs teacher_bank > 0")
         self.teacher_filter = float(teacher_filter)
         self._filter_ref: torch.Tensor | None = None
-        self.bank_kept = 1.0   # share of the bank that passed the filter
         # a Python flag, not the step number: torch.compile then guards on a value that changes once (one
         # recompile when the likelihood stage starts) instead of breaking the graph to read a tensor every step
         self._in_nll_stage = self.nll_start_step <= 0
@@ -118,6 +117,11 @@ class RMFlowObjective(nn.Module):
         self._filter_ref = data.detach()
         self._bank = None
 
+    @property
+    def bank_kept(self) -> float:
+        """Share of the teacher bank that passed `teacher_filter` (1.0 before the bank is built)."""
+        return 1.0 if self._bank is None else len(self._bank[0]) / self.teacher_bank
+
     @torch.no_grad()
     def _teacher_bank(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, T_k(x0)) for `teacher_bank` source draws, built once per frozen teacher."""
@@ -131,7 +135,6 @@ class RMFlowObjective(nn.Module):
                 if self._filter_ref is None:
                     raise RuntimeError("teacher_filter: call set_filter_reference(data) before the likelihood stage")
                 keep = data_support_mask(y, self._filter_ref.to(y.device), self.teacher_filter)
-                self.bank_kept = keep.float().mean().item()
                 x0, y = x0[keep], y[keep]
             self._bank = (x0, y)
         return self._bank

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .path import expand_time
+from .space import EuclideanSpace
 
 
 class _GaussianRefinement(nn.Module):
@@ -120,12 +121,11 @@ class MixtureRefiner(nn.Module):
         return -s2 * torch.logsumexp(log_w - sq / (2 * s2), dim=-1)
 
     def refine(self, x0, x_hat, space=None, cond=None, mask=None, generator=None) -> torch.Tensor:
-        """One draw of x̂_tgt per row: (B, D) (vector data: space, cond and mask are not used)."""
+        """One draw of x̂_tgt per row: (B, D): the chosen component's mean, then the fixed-scale Gaussian step."""
         means, log_w = self.mixture_params(x0, x_hat)
         if self.pick == "argmax":
             c = log_w.argmax(1)
         else:
             c = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(1)
         mean = means[torch.arange(len(c), device=c.device), c]
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + self.scale.value * noise
+        return self.scale.refine(x0, mean, space or EuclideanSpace(), cond, mask, generator)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class SampleResult:
     x: torch.Tensor   # (B, *D)
