@@ -47,3 +47,29 @@ def test_cli_run_train_evaluate_sample(tmp_path, capsys):
 def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["train", "ring", f"out_dir={tmp_path}", "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_cli_run_train_only_then_cached_evaluation(tmp_path, monkeypatch):
+    """`--train-only` scores nothing; the next run scores once and caches; a third run reuses every row, and a
+    change of the task settings (or of the sample count) invalidates the cache."""
+    from rmflow.tasks.synthetic import SyntheticTask
+    config = tmp_path / "smoke.yaml"
+    config.write_text(TINY_RUN)
+    calls = []
+    original = SyntheticTask.evaluate
+    monkeypatch.setattr(SyntheticTask, "evaluate", lambda self, x, ref: calls.append(len(x)) or original(self, x, ref))
+    args = ["run", str(config), f"out_dir={tmp_path}", "--methods", "meanflow,rmflow"]
+    assert main(args + ["--train-only"]) == 0
+    assert calls == [] and not (tmp_path / "smoke" / "results.json").exists()
+    assert (tmp_path / "smoke" / "rmflow-s0" / "checkpoints" / "step_00000010.json").exists()
+    assert main(args) == 0
+    assert len(calls) == 4                                  # meanflow@1, meanflow@8, rmflow, the data row
+    first = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert main(args) == 0
+    assert len(calls) == 4                                  # everything came from the caches
+    assert json.loads((tmp_path / "smoke" / "results.json").read_text()) == first
+    assert (tmp_path / "smoke" / "samples.png").exists()
+    assert main(args + ["eval.num_samples=200"]) == 0
+    assert len(calls) == 8 and calls[-1] == 200
+    assert main(args + ["task.num_ot=50"]) == 0             # a task setting: scored again
+    assert len(calls) == 12

@@ -1,6 +1,7 @@
 """The `rmflow` command.
 
     rmflow run CONFIG [key=value ...]             train + evaluate every method of the config's `compare` section
+                                                  (--methods a,b: a subset; --train-only: no scoring)
     rmflow train CONFIG [key=value ...]           train one model (resumes if the run folder has checkpoints)
     rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run
     rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.add_argument("--methods", default=None, help="comma-separated subset of the config's methods")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the methods, score nothing (a later `rmflow run` evaluates them)")
     p = sub.add_parser("train", help="train one model")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             from .experiment import run_comparison
             methods = args.methods.split(",") if args.methods else None
-            run_comparison(apply_overrides(read_yaml(args.config), args.overrides), methods)
+            run_comparison(apply_overrides(read_yaml(args.config), args.overrides), methods,
+                           train_only=args.train_only)
         elif args.command == "train":
             from .train import Trainer
             from .train.distributed import init_distributed, shutdown_distributed
@@ -99,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg = trainer.cfg
             reference = trainer.task.reference(args.num_samples or cfg.eval.num_samples, seed=10_000 + args.seed)
             rows, _ = evaluate_samplers(trainer.task, trainer.ema.shadow, reference,
-                                        args.samplers or cfg.eval.samplers, args.seed)
+                                        args.samplers or cfg.eval.samplers, args.seed, cfg.eval.batch_size)
             (Path(args.run_dir) / "eval.json").write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows, indent=1))
         elif args.command == "sample":
             from .evaluate import draw_samples
             trainer = _load_run(args.run_dir)
             reference = trainer.task.reference(args.num_samples, seed=10_000 + args.seed)
-            x, nfe, _ = draw_samples(trainer.ema.shadow, reference, args.sampler, args.seed)
+            x, nfe, _ = draw_samples(trainer.ema.shadow, reference, args.sampler, args.seed,
+                                     trainer.cfg.eval.batch_size)
             np.save(args.out, x.cpu().numpy())
             print(f"wrote {len(x)} samples ({nfe} NFE each) to {args.out}")
     except ConfigError as e:

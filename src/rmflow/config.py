@@ -143,9 +143,11 @@ class EvalConfig:
     num_samples: int = 10000
     samplers: list = field(default_factory=lambda: ["rmflow", "meanflow@1", "meanflow@8", "meanflow@32"])
     use_ema: bool = True
+    batch_size: int = 20000        # samples drawn per network call (lower it for large molecules or images)
 
     def validate(self, key: str) -> None:
         check(self.num_samples >= 1, f"{key}.num_samples", "must be >= 1")
+        check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         for i, s in enumerate(self.samplers):
             try:
                 parse_sampler(s)

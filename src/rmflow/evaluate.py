@@ -49,12 +49,12 @@ def _slice(cond, sl):
     return cond[sl]
 
 
-def evaluate_samplers(task, model, reference: Batch, samplers: list[str], seed: int
+def evaluate_samplers(task, model, reference: Batch, samplers: list[str], seed: int, batch_size: int = 20000
                       ) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """One row per sampler (metrics, NFE, samples/s) and the samples themselves, keyed by label."""
     rows, panels = [], {}
     for spec in samplers:
-        x, nfe, seconds = draw_samples(model, reference, spec, seed)
+        x, nfe, seconds = draw_samples(model, reference, spec, seed, batch_size)
         metrics = task.evaluate(x, reference)
         label = sampler_label(spec)
         rows.append({"sampler": spec, "label": label, "nfe": nfe, **metrics,

@@ -9,18 +9,26 @@ evaluate each with its samplers, and write results.json, results.md (mean ± std
 the same training up to that step (as stage 1 of the two-stage RMFlow is MeanFlow), this is exactly the
 uninterrupted run, at a fraction of the cost. Runs that already finished are not retrained (their last
 checkpoint is loaded), so an interrupted comparison continues where it stopped.
+
+Evaluations are cached: each run folder keeps `evals.json` (and the comparison folder `data_evals.json` for the
+data row), keyed by sampler, number of samples, seed, checkpoint step and the task's settings, so rerunning a
+comparison only scores what is new. With `train_only` the methods are trained and nothing is scored; with several
+processes on disjoint `methods` followed by one over all methods, the last one only collects the cached rows
+(and draws the first seed's samples again for the figure).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, apply_overrides, build_config
-from .evaluate import evaluate_samplers
+from .config import ConfigError, apply_overrides, build_config, to_dict
+from .evaluate import draw_samples, evaluate_samplers
 from .train import latest_checkpoint
 from .train.lora import trainer_class
 
@@ -51,8 +59,33 @@ def method_config(base: dict, method: str, spec: dict, seed: int):
     return build_config(data)
 
 
-def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> dict:
-    """Train and evaluate every (method, seed), or only `methods`; returns {"rows", "table", "dir"}.
+def eval_key(cfg, sampler: str, num_samples: int, seed: int, step: int) -> str:
+    """The cache key of one evaluation: sampler, sample count, seed, checkpoint step and a hash of the task
+    settings (data, metrics, classifier paths)."""
+    task = hashlib.sha1(json.dumps(to_dict(cfg.task), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{sampler}|n={num_samples}|seed={seed}|step={step}|task={task}"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(path: Path, key: str, row: dict) -> None:
+    """Add one row to a cache file; atomic, and merged with what another process may have written meanwhile."""
+    cache = _read_cache(path)
+    cache[key] = row
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1))
+    os.replace(tmp, path)
+
+
+def run_comparison(base: dict, methods: list[str] | None = None, log=print, train_only: bool = False) -> dict:
+    """Train and evaluate every (method, seed), or only `methods`; returns {"rows", "table", "dir"}
+    ({"rows": [], "table": "", ...} with `train_only`).
 
     Restricting to a few methods lets several processes train disjoint parts of one comparison in parallel;
     a final run over all methods then only loads the finished runs, evaluates them and writes the table.
@@ -95,31 +128,62 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print) -> d
             if trainer.step < cfg.train.steps:
                 log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
                 trainer.train()
+            if train_only:
+                continue
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
             reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
-            method_rows, panels = evaluate_samplers(trainer.task, model, reference, cfg.eval.samplers, seed)
-            for r in method_rows:
-                r.update(method=method, seed=seed)
-                log(f"  {r['label']:<22} " + "  ".join(f"{k}={r[k]:{f}}" for k, (_, f)
-                                                         in task_columns(trainer.task).items() if k in r))
-            rows += method_rows
-            if seed == root_cfg.seeds[0]:
-                for label, x in panels.items():  # variants carry their method's name
-                    plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
-                    figure_panels[label if plain else f"{label} ({method})"] = x
-        baseline = getattr(trainer.task, "data_baseline", None)  # conditional tasks: data answering the same cond
-        data_x = (baseline(reference, 20_000 + seed) if baseline is not None
-                  else trainer.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
-        data_row = trainer.task.evaluate(data_x, reference)
-        rows.append({"method": "data", "sampler": "data", "nfe": 0,
-                     "label": "data (same conditions)" if baseline is not None else "data (second draw)",
-                     "seed": seed, **data_row})
+            cache_path = cfg.run_dir / "evals.json"
+            cache = _read_cache(cache_path)
+            for spec_ in cfg.eval.samplers:
+                key = eval_key(cfg, spec_, cfg.eval.num_samples, seed, trainer.step)
+                if key in cache:
+                    (row,), panels = [dict(cache[key])], {}
+                    if seed == root_cfg.seeds[0]:   # the figure needs the samples themselves
+                        panels = {row["label"]: draw_samples(model, reference, spec_, seed,
+                                                                              cfg.eval.batch_size)[0]}
+                else:
+                    (row,), panels = evaluate_samplers(trainer.task, model, reference, [spec_], seed,
+                                                               cfg.eval.batch_size)
+                    _write_cache(cache_path, key, row)
+                row.update(method=method, seed=seed)
+                log(f"  {row['label']:<22} " + "  ".join(f"{k}={row[k]:{f}}" for k, (_, f)
+                                                           in task_columns(trainer.task).items() if k in row))
+                rows.append(row)
+                if seed == root_cfg.seeds[0]:
+                    for label, x in panels.items():  # variants carry their method's name
+                        plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
+                        figure_panels[label if plain else f"{label} ({method})"] = x
+        if train_only:
+            continue
+        rows.append(_data_row(trainer.task, cfg, reference, seed, root / "data_evals.json"))
+    if train_only:
+        return {"rows": [], "table": "", "dir": str(root)}
     table = markdown_table(rows, task_columns(trainer.task))
     (root / "results.json").write_text(json.dumps(rows, indent=1))
     (root / "results.md").write_text(table + "\n")
-    trainer.task.plot(figure_panels, reference, root / "samples.png")
+    try:
+        trainer.task.plot(figure_panels, reference, root / "samples.png")
+    except (ImportError, OSError) as err:  # e.g. RDKit's drawing code without its X libraries: keep the results
+        log(f"figure {root / 'samples.png'} not drawn: {err}")
     log(table)
     return {"rows": rows, "table": table, "dir": str(root)}
+
+
+def _data_row(task, cfg, reference, seed: int, cache_path: Path) -> dict:
+    """The "data" row of one seed: a second draw of the data (or, for conditional tasks, data answering the same
+    conditions) scored like the samples; cached like the samplers' rows."""
+    key = eval_key(cfg, "data", cfg.eval.num_samples, seed, 0)
+    cache = _read_cache(cache_path)
+    if key in cache:
+        return cache[key]
+    baseline = getattr(task, "data_baseline", None)
+    data_x = (baseline(reference, 20_000 + seed) if baseline is not None
+              else task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
+    row = {"method": "data", "sampler": "data", "nfe": 0,
+           "label": "data (same conditions)" if baseline is not None else "data (second draw)",
+           "seed": seed, **task.evaluate(data_x, reference)}
+    _write_cache(cache_path, key, row)
+    return row
 
 
 def aggregate(rows: list[dict], columns: dict | None = None) -> list[dict]:

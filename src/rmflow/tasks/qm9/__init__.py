@@ -176,7 +176,7 @@ class QM9Task(Task):
         out = evaluate_molecules(pos, types, mask, known)
         if self.prop_index is not None and self.cfg.task.classifier:
             from .classifier import conditional_mae, load_classifier
-            model, meta = load_classifier(self.cfg.task.classifier)
+            model, meta = load_classifier(self.cfg.task.classifier, self.cfg.train.device)
             if meta["property"] != self.cfg.task.condition:
                 raise ValueError(f"config key 'task.classifier': it predicts {meta['property']!r}, "
                                  f"not the condition {self.cfg.task.condition!r}")

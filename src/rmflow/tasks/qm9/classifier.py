@@ -51,21 +51,22 @@ def _inputs(split: QM9Split, rows):
 
 
 def train_classifier(split: QM9Split, prop: str, steps: int, batch_size: int = 128, lr: float = 1e-3,
-                     hidden: int = 128, layers: int = 7, seed: int = 0, log=None
+                     hidden: int = 128, layers: int = 7, seed: int = 0, log=None, device: str = "cpu"
                      ) -> tuple[PropertyClassifier, float, float]:
-    """Train φ_p on `split` (EDM: the first half) with L1 loss on (p - mean)/MAD; returns (model, mean, mad)."""
+    """Train φ_p on `split` (EDM: the first half) with L1 loss on (p - mean)/MAD; returns (model, mean, mad).
+    The model is returned on `device`; batches are drawn on the CPU (same draws on every device)."""
     j = PROPERTIES.index(prop)
     values = split.props[:, j].float()
     mean, mad = (float(v) for v in mean_mad(values))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = PropertyClassifier(hidden, layers)
+    model = PropertyClassifier(hidden, layers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     for step in range(steps):
         rows = torch.randint(len(split), (batch_size,), generator=gen)
-        pred = model(*_inputs(split, rows))
-        loss = (pred - (values[rows] - mean) / mad).abs().mean()
+        pred = model(*(v.to(device) for v in _inputs(split, rows)))
+        loss = (pred - ((values[rows] - mean) / mad).to(device)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -77,8 +78,9 @@ def train_classifier(split: QM9Split, prop: str, steps: int, batch_size: int = 1
 
 @torch.no_grad()
 def predict(model: PropertyClassifier, pos, onehot, mask, mean: float, mad: float, batch: int = 512) -> torch.Tensor:
-    """Property predictions in physical units: (B,)."""
-    out = [model(pos[i:i + batch], onehot[i:i + batch], mask[i:i + batch]) for i in range(0, len(pos), batch)]
+    """Property predictions in physical units: (B,) on the CPU, computed on the model's device."""
+    device = next(model.parameters()).device
+    out = [model(*(v[i:i + batch].to(device) for v in (pos, onehot, mask))).cpu() for i in range(0, len(pos), batch)]
     return torch.cat(out) * mad + mean
 
 
@@ -116,13 +118,13 @@ def save_classifier(path, model: PropertyClassifier, prop: str, mean: float, mad
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix(".safetensors")))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix(".safetensors")))
     meta = {"property": prop, "mean": mean, "mad": mad, "hidden": model.embed.out_features,
             "layers": len(model.layers)}
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
-def load_classifier(path) -> tuple[PropertyClassifier, dict]:
+def load_classifier(path, device: str | torch.device = "cpu") -> tuple[PropertyClassifier, dict]:
     import json
     from pathlib import Path
 
@@ -131,7 +133,7 @@ def load_classifier(path) -> tuple[PropertyClassifier, dict]:
     meta = json.loads(path.with_suffix(".json").read_text())
     model = PropertyClassifier(meta["hidden"], meta["layers"])
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
-    return model.eval(), meta
+    return model.to(device).eval(), meta
 
 
 def conditional_mae(model: PropertyClassifier, meta: dict, positions, types, mask, target) -> float:
@@ -155,11 +157,12 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     first = load_split("first_half")
     model, mean, mad = train_classifier(first, args.property, args.steps, args.batch_size, args.lr, args.hidden,
-                                        args.layers, log=print)
+                                        args.layers, log=print, device=args.device)
     save_classifier(args.out, model, args.property, mean, mad)
     second = load_split("second_half")
     rows = torch.arange(len(second))
