@@ -71,6 +71,7 @@ class RMFlowConfig:
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
+    nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
     teacher_filter: float = 0.0    # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
                                    # q-quantile of the data's own nearest-neighbour distances (0: keep all)
     filter_reference: int = 20000  # data points the filter measures against
@@ -94,6 +95,7 @@ class RMFlowConfig:
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
         check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
+        check(0 < self.nll_batch <= 1, f"{key}.nll_batch", "must be in (0, 1]")
         check(0 <= self.teacher_filter < 1, f"{key}.teacher_filter", "must be in [0, 1)")
         check(not (self.teacher_filter > 0 and not self.teacher_bank), f"{key}.teacher_filter",
               "filters the teacher bank: needs rmflow.teacher_bank > 0")

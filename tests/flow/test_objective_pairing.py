@@ -59,6 +59,25 @@ def test_nll_term_on_known_inputs():
     assert abs(out.stats["nll"].item() - 3 * 0.04) < 2e-3
 
 
+def test_nll_batch_uses_the_first_rows_and_adds_the_batch_mean():
+    """nll_batch = 0.25: the pairs come from the first quarter of the batch, L_NLL keeps its expectation
+    (σ_min²·D as above), and the reduced loss is L_CMFM + λ1·L_NLL."""
+    obj = _objective(Affine(0.5, 1.0), lambda_nll=2.0, sigma_min=0.2, pairing="self", teacher_steps=1,
+                     nll_batch=0.25)
+    seen = []
+    pair = obj._pair
+    obj._pair = lambda x, c, m: seen.append(x) or pair(x, c, m)
+    x = torch.randn(40_001, 3)
+    out = obj(x)
+    assert len(seen) == 1 and seen[0].shape == (10_001, 3) and torch.equal(seen[0], x[:10_001])
+    assert out.loss.shape == (40_001,)
+    assert abs(out.stats["nll"].item() - 3 * 0.04) < 3e-3
+    torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"] + 2.0 * out.stats["nll"], rtol=1e-5, atol=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="nll_batch"):
+            _objective(Affine(0.5, 1.0), lambda_nll=1.0, nll_batch=bad)
+
+
 def test_independent_pairing_is_minimised_by_the_data_mean():
     """The collapse: under independent pairs, ∂L_NLL/∂(a, b) vanishes at x̂1 ≡ E[y] (a = -1, b = mean)."""
     mean = torch.tensor([1.0, -2.0])

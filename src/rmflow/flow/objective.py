@@ -33,10 +33,14 @@ function of x0 plus independent noise, so any sampling law of x0 with full suppo
 - `nll_focus = q`: a share q of the L_NLL batch is the q·B pairs with the largest current error among a pool
   of 4·B candidates: the one-step map's errors concentrate where the teacher's transport jumps between modes,
   and plain sampling visits those x0 rarely.
+
+`nll_batch = f` (0 < f ≤ 1) forms the L_NLL pairs from the first ⌈f·B⌉ rows of the batch only (the focus pool
+shrinks with it): an unbiased but noisier estimate of the same term at a fraction of its cost.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +71,8 @@ class RMFlowObjective(nn.Module):
     def __init__(self, model: RMFlow, cmfm: CMFMLoss, sigma: float = 0.0, sigma_min: float = 0.1,
                  lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
                  teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent",
-                 teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0, teacher_filter: float = 0.0):
+                 teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0, teacher_filter: float = 0.0,
+                 nll_batch: float = 1.0):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
@@ -89,6 +94,9 @@ class RMFlowObjective(nn.Module):
         if not 0 <= teacher_filter < 1 or (teacher_filter and not teacher_bank):
             raise ValueError("teacher_filter must be in [0, 1) and needs teacher_bank > 0")
         self.teacher_filter = float(teacher_filter)
+        if not 0 < nll_batch <= 1:
+            raise ValueError(f"nll_batch must be in (0, 1], got {nll_batch}")
+        self.nll_batch = float(nll_batch)
         self._filter_ref: torch.Tensor | None = None
         # a Python flag, not the step number: torch.compile then guards on a value that changes once (one
         # recompile when the likelihood stage starts) instead of breaking the graph to read a tensor every step
@@ -199,28 +207,41 @@ class RMFlowObjective(nn.Module):
         stats = {"cmfm": out.loss.detach().mean(), "cmfm_sq": out.sq_error.mean(),
                  "dudt_norm_max": out.dudt_norm.max()}
         if self.nll_active:
+            k = math.ceil(self.nll_batch * x_data.shape[0])
+            xk, ck, mk = x_data[:k], _rows(cond, k), None if mask is None else mask[:k]
             with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
-                x0n, y = self._pair(x_data, cond, mask)
+                x0n, y = self._pair(xk, ck, mk)
             b = x0n.shape[0]
             ones, zeros = x0n.new_ones(b), x0n.new_zeros(b)
-            x_hat = x0n + model(x0n, zeros, ones, cond, mask)
-            nll = masked_sq_norm(y - x_hat, mask)
-            loss = loss + self.lambda_nll * nll
+            x_hat = x0n + model(x0n, zeros, ones, ck, mk)
+            nll = masked_sq_norm(y - x_hat, mk)
+            # the likelihood terms enter as batch means, added to each per-sample L_CMFM loss: the trainer's mean
+            # over the batch is then L_CMFM + λ1·L_NLL (+ the refiner's terms) for any number of pairs
+            loss = loss + self.lambda_nll * nll.mean()
             stats["nll"] = nll.detach().mean()
             if getattr(model.refiner, "learned", False):
-                scale = model.refiner(b, cond)
-                lscale = scale_nll(nll.detach(), scale, space.dof(x_data, mask))
-                loss = loss + lscale
+                scale = model.refiner(b, ck)
+                lscale = scale_nll(nll.detach(), scale, space.dof(xk, mk))
+                loss = loss + lscale.mean()
                 stats["refine_scale"] = scale.detach().mean()
             if getattr(model.refiner, "mixture", False):
                 mix = model.refiner.nll(x0n, x_hat, y)
-                loss = loss + mix
+                loss = loss + mix.mean()
                 stats["nll_mixture"] = mix.detach().mean()
         if self.lambda_enc > 0 and model.source.guided:
             enc = masked_sq_norm(model.source.encode(cond, x_data), mask)
             loss = loss + self.lambda_enc * enc
             stats["enc"] = enc.detach().mean()
         return ObjectiveOutput(loss, stats)
+
+
+def _rows(cond, k: int):
+    """The first k rows of a condition: None, a tensor, or a dict of tensors."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {key: v[:k] for key, v in cond.items()}
+    return cond[:k]
 
 
 class _Reverse(nn.Module):

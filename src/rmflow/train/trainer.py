@@ -40,7 +40,8 @@ def build_objective(cfg: Config, model) -> RMFlowObjective:
     return RMFlowObjective(model, cmfm, sigma=f.sigma, sigma_min=rm.sigma_min, lambda_nll=rm.lambda_nll,
                            lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
                            nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
-                           nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter)
+                           nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter,
+                           nll_batch=rm.nll_batch)
 
 
 class Trainer:
