@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,12 +24,23 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="needs torch.distributed with gloo")
 
 
-def torchrun(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, timeout: int = 120, reset=None) -> subprocess.CompletedProcess:
+    """Launch 2 local processes. A failed launch is retried once (on a loaded 2-core machine the launcher has
+    failed without a worker error, in 2 of 7 full-suite runs; never twice in a row): a real bug fails both times,
+    and the report then holds both outputs. `reset()` clears what the failed launch wrote."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
+    outputs = []
+    for _ in range(2):
+        res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        if res.returncode == 0:
+            if outputs:
+                warnings.warn(f"torchrun succeeded on the second launch; the first failed:\n{outputs[0]}")
+            return res
+        outputs.append(f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        if reset is not None:
+            reset()
+    pytest.fail("torchrun failed twice:\n" + "\n----- second launch -----\n".join(outputs))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +110,7 @@ def test_torchrun_cli_train(tmp_path):
             "train.batch_size=16", "train.log_every=2", "train.ckpt_every=2", "train.num_threads=1",
             "train.progress=false", "model.hidden=16", "model.depth=1", "model.time_dim=8",
             "rmflow.nll_start_step=2", "rmflow.teacher_steps=2"]
-    res = torchrun(args, cwd=tmp_path)
+    res = torchrun(args, cwd=tmp_path, reset=lambda: shutil.rmtree(tmp_path / "ddp", ignore_errors=True))
     assert res.stdout.count("trained") == 1 and "on 2 processes" in res.stdout
     run = tmp_path / "ddp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
