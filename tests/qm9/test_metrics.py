@@ -159,3 +159,25 @@ def test_decode_argmax_and_mask():
     mask = torch.tensor([[[1.0], [1.0], [1.0], [0.0]]])
     pos, typ, m = M.decode(x, mask)
     assert typ.tolist() == [[0, 2, 4, 3]] and m.tolist() == [[True, True, True, False]]
+
+
+def test_molecule_grid_falls_back_to_a_projection_without_rdkit_drawing(tmp_path, monkeypatch):
+    """Without RDKit's drawing module the grid still shows each molecule: its atoms and EDM's bonds (HCN: one
+    single and one triple bond, so two lines, the triple one three times as thick), titled with stability."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from rmflow.tasks.qm9 import plots
+    fig, ax = plt.subplots()
+    t, p = hcn()
+    plots._projection(ax, np.asarray(p), np.asarray(t), np.ones(3, bool))
+    assert sorted(line.get_linewidth() for line in ax.lines) == pytest.approx([0.8, 2.4])
+    assert len(ax.collections[0].get_offsets()) == 3
+    plt.close(fig)
+    monkeypatch.setattr(plots, "_depiction", lambda *a, **k: None)
+    pos, typ, mask = pack([methane(), hcn(), water()])
+    panels = {"data": (torch.tensor(pos), torch.tensor(typ), torch.tensor(mask))}
+    plots.molecule_grid(panels, tmp_path / "grid.png", per_row=3)
+    assert (tmp_path / "grid.png").stat().st_size > 5000

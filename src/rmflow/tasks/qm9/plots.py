@@ -1,4 +1,7 @@
-"""A grid of generated molecules: RDKit 2-D depictions of the inferred bond graph, labelled with stability."""
+"""A grid of generated molecules: RDKit 2-D depictions of the inferred bond graph, labelled with stability.
+Where RDKit cannot draw (its drawing module needs X libraries that headless machines may lack, or the bond graph
+is too broken to lay out), the molecule is shown as its atoms projected on their two principal axes, with EDM's
+distance-table bonds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import build_rdkit, stability
+from .metrics import bond_orders, build_rdkit, stability
+
+ATOM_COLOURS = ("0.8", "0.1", "tab:blue", "tab:red", "tab:green")   # H, C, N, O, F
 
 
 def _depiction(positions, types, mask, size=220):
     """An RGB image (H, W, 3) of one molecule's bond graph, or None if RDKit cannot draw it."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem, Draw
-
+    try:
+        from rdkit.Chem import AllChem, Draw
+    except ImportError:
+        return None
     mol = build_rdkit(positions, types, mask)
     try:
         mol = mol.GetMol()
@@ -23,6 +29,23 @@ def _depiction(positions, types, mask, size=220):
         return np.asarray(img.convert("RGB"))
     except Exception:
         return None
+
+
+def _projection(ax, positions, types, mask) -> None:
+    """Atoms (real ones only) on the plane of their two principal axes, coloured by element, bonds as lines."""
+    real = np.asarray(mask, bool)
+    p, t = np.asarray(positions, float)[real], np.asarray(types, int)[real]
+    if len(p) == 0 or not np.isfinite(p).all():
+        return
+    centred = p - p.mean(0)
+    axes = np.linalg.svd(centred, full_matrices=False)[2][:2] if len(p) > 1 else np.eye(3)[:2]
+    xy = centred @ axes.T
+    orders = bond_orders(p[None], t[None], np.ones((1, len(p)), bool))[0]
+    for i, j in zip(*np.nonzero(np.triu(orders))):
+        ax.plot(*xy[[i, j]].T, color="0.5", lw=0.8 * orders[i, j], zorder=1)
+    ax.scatter(*xy.T, c=[ATOM_COLOURS[k] for k in np.clip(t, 0, 4)], s=30, edgecolors="k", linewidths=0.4,
+               zorder=2)
+    ax.set_aspect("equal")
 
 
 def molecule_grid(panels: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path,
@@ -45,6 +68,8 @@ def molecule_grid(panels: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tens
             img = _depiction(pos[c], typ[c], mask[c])
             if img is not None:
                 ax.imshow(img)
+            else:
+                _projection(ax, pos[c], typ[c], mask[c])
             n = int(mask[c].sum())
             verdict = "stable" if mol_ok[c] else f"unstable ({int(atom_ok[c].sum())}/{n} atoms)"
             ax.set_title(verdict, fontsize=8, color="green" if mol_ok[c] else "red")
