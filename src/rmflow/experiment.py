@@ -132,27 +132,17 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print, trai
                 continue
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
             reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
-            cache_path = cfg.run_dir / "evals.json"
-            cache = _read_cache(cache_path)
-            for spec_ in cfg.eval.samplers:
-                key = eval_key(cfg, spec_, cfg.eval.num_samples, seed, trainer.step)
-                if key in cache:
-                    (row,), panels = [dict(cache[key])], {}
-                    if seed == root_cfg.seeds[0]:   # the figure needs the samples themselves
-                        panels = {row["label"]: draw_samples(model, reference, spec_, seed,
-                                                                              cfg.eval.batch_size)[0]}
-                else:
-                    (row,), panels = evaluate_samplers(trainer.task, model, reference, [spec_], seed,
-                                                               cfg.eval.batch_size)
-                    _write_cache(cache_path, key, row)
+            first = seed == root_cfg.seeds[0]
+            for sampler in cfg.eval.samplers:
+                row, x = _sampler_row(trainer.task, cfg, model, reference, sampler, seed, trainer.step, first)
                 row.update(method=method, seed=seed)
                 log(f"  {row['label']:<22} " + "  ".join(f"{k}={row[k]:{f}}" for k, (_, f)
                                                            in task_columns(trainer.task).items() if k in row))
                 rows.append(row)
-                if seed == root_cfg.seeds[0]:
-                    for label, x in panels.items():  # variants carry their method's name
-                        plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
-                        figure_panels[label if plain else f"{label} ({method})"] = x
+                if first:  # variants carry their method's name
+                    label = row["label"]
+                    plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
+                    figure_panels[label if plain else f"{label} ({method})"] = x
         if train_only:
             continue
         rows.append(_data_row(trainer.task, cfg, reference, seed, root / "data_evals.json"))
@@ -167,6 +157,20 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print, trai
         log(f"figure {root / 'samples.png'} not drawn: {err}")
     log(table)
     return {"rows": rows, "table": table, "dir": str(root)}
+
+
+def _sampler_row(task, cfg, model, reference, spec: str, seed: int, step: int, want_samples: bool):
+    """One sampler's row, from the run folder's cache or scored now (and cached), and its samples if wanted
+    (drawn again when the row came from the cache): (row, samples or None)."""
+    path = cfg.run_dir / "evals.json"
+    key = eval_key(cfg, spec, cfg.eval.num_samples, seed, step)
+    cached = _read_cache(path).get(key)
+    if cached is not None:
+        x = draw_samples(model, reference, spec, seed, cfg.eval.batch_size)[0] if want_samples else None
+        return dict(cached), x
+    (row,), panels = evaluate_samplers(task, model, reference, [spec], seed, cfg.eval.batch_size)
+    _write_cache(path, key, row)
+    return row, panels[row["label"]]
 
 
 def _data_row(task, cfg, reference, seed: int, cache_path: Path) -> dict:

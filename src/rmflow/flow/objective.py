@@ -57,7 +57,8 @@ COUPLINGS = ("independent", "minibatch_ot")
 
 @dataclass
 class ObjectiveOutput:
-    loss: torch.Tensor                       # (B,) per-sample total; the trainer reduces it
+    loss: torch.Tensor                       # (B,) per-sample L_CMFM + the batch means of the other terms;
+    #                                          the trainer takes its mean
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars for logging
 
 
