@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# QM9 context-to-molecule (α) on one GPU, the run behind docs/results/qm9.md §6: EDM's property classifier on the
+# QM9 context-to-molecule (α) on one GPU, the run behind docs/results/qm9.md §5d: EDM's property classifier on the
 # first half, the `qm9-alpha` comparison on the second half (MeanFlow 1/8/32-NFE, the equal-steps MeanFlow control,
 # the flow-matching ODE and RMFlow 1-NFE), 10,000 molecules per sampler, on one card in parallel processes:
 #
@@ -11,7 +11,7 @@
 #                 `rmflow run` collects the cached rows, scores the data row and draws the figure.
 #   PHASE=all     both (default).
 #
-# Measured on an H200 (docs/results/qm9.md §6), with the four processes sharing the card: MeanFlow ~12 steps/s,
+# Measured on an H200 (docs/results/qm9.md §5d), with the four processes sharing the card: MeanFlow ~12 steps/s,
 # the RMFlow stage 2–6 steps/s (4-step teacher), the classifier ~23 steps/s, scoring one method's samplers on
 # 10,000 molecules (RDKit on the host CPU) up to ~110 s. A whole run therefore needs about 10 minutes of GPU time;
 # where one command may run for less, run PHASE=train and PHASE=score as two commands on the same machine.
