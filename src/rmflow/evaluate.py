@@ -6,7 +6,7 @@ import time
 import torch
 
 from .config import parse_sampler
-from .flow import sample
+from .flow import cond_rows, sample
 from .tasks import Batch
 from .train.trainer import to_device
 
@@ -30,7 +30,7 @@ def draw_samples(model, reference: Batch, spec: str, seed: int, batch_size: int 
     for i in range(0, len(reference.x), batch_size):
         sl = slice(i, i + batch_size)
         template = reference.x[sl].to(device)
-        cond = to_device(_slice(reference.cond, sl), device)
+        cond = to_device(cond_rows(reference.cond, sl), device)
         mask = to_device(None if reference.mask is None else reference.mask[sl], device)
         x0 = model.draw_source(template, cond, mask, gen)
         t0 = time.perf_counter()
@@ -39,14 +39,6 @@ def draw_samples(model, reference: Batch, spec: str, seed: int, batch_size: int 
         out.append(res.x.cpu())
         nfe = res.nfe
     return torch.cat(out), nfe, seconds
-
-
-def _slice(cond, sl):
-    if cond is None:
-        return None
-    if isinstance(cond, dict):
-        return {k: v[sl] for k, v in cond.items()}
-    return cond[sl]
 
 
 def evaluate_samplers(task, model, reference: Batch, samplers: list[str], seed: int, batch_size: int = 20000

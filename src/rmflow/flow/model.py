@@ -9,6 +9,15 @@ from .sources import GaussianSource
 from .space import EuclideanSpace
 
 
+def cond_rows(cond, index):
+    """Rows `index` (a slice or index tensor) of a condition or mask: None, a tensor, or a dict of tensors."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {key: v[index] for key, v in cond.items()}
+    return cond[index]
+
+
 class RMFlow(nn.Module):
     """Holds u_θ(x, t, r, cond, mask) (`net`), the source (with φ_ω when guided) and the refinement scale.
 

@@ -48,7 +48,7 @@ from torch import nn
 
 from . import samplers
 from .meanflow import CMFMLoss, masked_sq_norm
-from .model import RMFlow
+from .model import RMFlow, cond_rows
 from .pairing import PAIRINGS, data_support_mask, minibatch_ot_permutation
 from .refine import scale_nll
 
@@ -209,7 +209,7 @@ class RMFlowObjective(nn.Module):
                  "dudt_norm_max": out.dudt_norm.max()}
         if self.nll_active:
             k = math.ceil(self.nll_batch * x_data.shape[0])
-            xk, ck, mk = x_data[:k], _rows(cond, k), None if mask is None else mask[:k]
+            xk, ck, mk = x_data[:k], cond_rows(cond, slice(k)), cond_rows(mask, slice(k))
             with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
                 x0n, y = self._pair(xk, ck, mk)
             b = x0n.shape[0]
@@ -234,15 +234,6 @@ class RMFlowObjective(nn.Module):
             loss = loss + self.lambda_enc * enc
             stats["enc"] = enc.detach().mean()
         return ObjectiveOutput(loss, stats)
-
-
-def _rows(cond, k: int):
-    """The first k rows of a condition: None, a tensor, or a dict of tensors."""
-    if cond is None:
-        return None
-    if isinstance(cond, dict):
-        return {key: v[:k] for key, v in cond.items()}
-    return cond[:k]
 
 
 class _Reverse(nn.Module):

@@ -118,7 +118,8 @@ def save_classifier(path, model: PropertyClassifier, prop: str, mean: float, mad
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix(".safetensors")))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path.with_suffix(".safetensors")))
     meta = {"property": prop, "mean": mean, "mad": mad, "hidden": model.embed.out_features,
             "layers": len(model.layers)}
     path.with_suffix(".json").write_text(json.dumps(meta))
