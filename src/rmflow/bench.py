@@ -10,6 +10,9 @@ Methods (each a full Trainer.train_step: data, loss, backward, clipping, AdamW, 
     rmflow        L_CMFM + λ1·L_NLL with the config's pairing (teacher: k no-grad teacher forwards per step)
     rmflow_bank   pairing teacher with a precomputed bank of teacher pairs (rmflow.teacher_bank; built in warm-up)
     rmflow_ot     pairing minibatch_ot;  rmflow_indep: pairing independent
+    --variant NAME=key=value,...   rmflow with extra config keys, timed in the same rounds (e.g. the cheaper
+                  likelihood step: lean=rmflow.focus_errors=stored,rmflow.nll_batch=0.5,rmflow.nll_every=2;
+                  with nll_every = m, make --steps a multiple of m so that every round holds whole cycles)
 
 Peak memory is the peak of bytes held by tensors allocated during the loss forward + backward of one step
 (activations, JVP tangents, teacher passes, gradients, temporaries; weights and optimiser state allocated earlier
@@ -199,13 +202,15 @@ def method_overrides(method: str, cfg: Config) -> list[str]:
     return out
 
 
-def build_variant(base: dict, method: str, compiled: bool, precision: str | None, task=None):
-    """A Trainer for one method. `task` is shared between variants (the methods differ only in flow/rmflow/train
-    keys, which the task's data and network do not depend on), so data loading happens once."""
+def build_variant(base: dict, method: str, compiled: bool, precision: str | None, task=None,
+                  extra_keys: tuple[str, ...] = (), name: str | None = None):
+    """A Trainer for one method (`extra_keys`: further key=value overrides; `name`: the row's name, for
+    --variant). `task` is shared between variants (the methods differ only in flow/rmflow/train keys, which the
+    task's data and network do not depend on), so data loading happens once."""
     from .train import Trainer
     from .train.distributed import prepare_loss_module
     cfg0 = build_config(base)
-    extra = method_overrides(method, cfg0) + [f"train.compile={str(compiled).lower()}"]
+    extra = method_overrides(method, cfg0) + list(extra_keys) + [f"train.compile={str(compiled).lower()}"]
     if precision:
         extra.append(f"train.precision={precision}")
     cfg = build_config(apply_overrides(json.loads(json.dumps(base)), extra))
@@ -219,7 +224,7 @@ def build_variant(base: dict, method: str, compiled: bool, precision: str | None
         trainer.objective.cmfm = _subset_jvp(trainer.objective.cmfm)
     if method.startswith("rmflow"):
         trainer.step = cfg.rmflow.nll_start_step   # start inside the likelihood stage (teacher frozen at once)
-    return Variant(method, compiled, trainer)
+    return Variant(name or method, compiled, trainer)
 
 
 def _time_steps(trainer, steps: int) -> float:
@@ -267,18 +272,24 @@ def sampler_throughput(model, task, batch_size: int, nfes: list[int], repeats: i
 def run_benchmark(base: dict, methods=DEFAULT_METHODS, steps: int = 10, rounds: int = 3, warmup: int = 2,
                   compile_mode: str = "off", precision: str | None = None, nfes=(1, 8, 32, 100),
                   sample_batch: int | None = None, sample_repeats: int = 3, memory: bool = True,
-                  log=print) -> dict:
-    """Measure everything in one process; returns a JSON-able dict (also printed as tables by `report`)."""
+                  log=print, variants: dict[str, list[str]] | None = None) -> dict:
+    """Measure everything in one process; returns a JSON-able dict (also printed as tables by `report`).
+    `variants`: {name: [key=value, ...]}, RMFlow steps with extra config keys, timed like the methods."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown bench method {m!r}; choose from {METHODS}")
+    for name in variants or {}:
+        if name in METHODS:
+            raise ValueError(f"bench variant name {name!r} is a method name; choose another")
     if compile_mode not in ("off", "on", "both"):
         raise ValueError("--compile must be off, on or both")
     flags = {"off": [False], "on": [True], "both": [False, True]}[compile_mode]
+    rows = [(m, (), None) for m in methods] + [("rmflow", tuple(keys), name) for name, keys in (variants or {}).items()]
     variants = []
     for c in flags:
-        for m in methods:
-            variants.append(build_variant(base, m, c, precision, variants[0].trainer.task if variants else None))
+        for m, keys, name in rows:
+            variants.append(build_variant(base, m, c, precision, variants[0].trainer.task if variants else None,
+                                          keys, name))
     cfg = variants[0].trainer.cfg
     device = variants[0].trainer.device
     log(f"bench: task {cfg.task.name}, {sum(p.numel() for p in variants[0].trainer.model.parameters()):,} "
@@ -338,10 +349,9 @@ def ratios(steps: list[dict], samplers: list[dict]) -> dict[str, float]:
         def r(a, b):
             if (a, c) in t and (b, c) in t:
                 out[f"{a}/{b} ({tag})"] = t[(a, c)] / t[(b, c)]
-        r("rmflow", "meanflow")
-        r("rmflow_bank", "meanflow")
-        r("rmflow_ot", "meanflow")
-        r("rmflow_indep", "meanflow")
+        for m in dict.fromkeys(m for m, _ in t):
+            if m not in METHODS or m.startswith("rmflow"):   # every RMFlow method and --variant against MeanFlow
+                r(m, "meanflow")
         r("meanflow", "fm")
         r("meanflow_sub", "fm")
         r("fm_cmfm", "fm")
@@ -391,13 +401,29 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-repeats", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the raw result here")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+                   help="an extra RMFlow row with these config keys, e.g. "
+                        "lean=rmflow.focus_errors=stored,rmflow.nll_batch=0.5 (repeatable)")
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """['lean=a.b=1,c.d=x'] -> {'lean': ['a.b=1', 'c.d=x']}, with an error that names a malformed spec."""
+    out = {}
+    for spec in specs:
+        name, _, keys = spec.partition("=")
+        items = [k for k in keys.split(",") if k]
+        if not name or not items or any("=" not in k for k in items):
+            raise ValueError(f"--variant {spec!r}: expected NAME=key=value[,key=value...]")
+        out[name] = items
+    return out
 
 
 def run_bench(args) -> dict:
     base = apply_overrides(read_yaml(args.config), list(args.overrides) + ["train.progress=false"])
     base.pop("compare", None)
     res = run_benchmark(base, args.methods, args.steps, args.rounds, args.warmup, args.compile_mode,
-                        args.precision, args.nfe, args.sample_batch, args.sample_repeats, not args.no_memory)
+                        args.precision, args.nfe, args.sample_batch, args.sample_repeats, not args.no_memory,
+                        variants=parse_variants(args.variant))
     print(report(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from rmflow.bench import (METHODS, FlowMatchingLoss, SubsetJVPCMFMLoss, TensorMemoryTracker, _rows,
-                          method_overrides, ratios)
+                          method_overrides, parse_variants, ratios)
 from rmflow.cli import main
 from rmflow.config import load_config
 from rmflow.flow import CMFMLoss, TimeSampler, mean_velocity_time_derivative
@@ -105,6 +106,14 @@ def test_method_overrides():
     assert "rmflow.pairing=teacher" in bank and any(o.startswith("rmflow.teacher_bank=") for o in bank)
 
 
+def test_parse_variants():
+    assert parse_variants(["lean=rmflow.nll_batch=0.5,rmflow.nll_every=2", "b=x.y=1"]) == {
+        "lean": ["rmflow.nll_batch=0.5", "rmflow.nll_every=2"], "b": ["x.y=1"]}
+    for bad in ("lean", "lean=", "=a.b=1", "lean=a.b"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variants([bad])
+
+
 def test_ratios():
     steps = [{"method": "fm", "compiled": False, "step_s": 2.0},
              {"method": "meanflow", "compiled": False, "step_s": 3.0},
@@ -119,11 +128,13 @@ def test_ratios():
 
 def test_bench_command_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "ring", *TINY, "rmflow.teacher_steps=2", "--steps", "1", "--rounds", "1", "--warmup", "1",
-               "--nfe", "1", "2", "--sample-batch", "32", "--sample-repeats", "1", "--json", str(out)])
+    rc = main(["bench", "ring", *TINY, "rmflow.teacher_steps=2", "--steps", "2", "--rounds", "1", "--warmup", "1",
+               "--nfe", "1", "2", "--sample-batch", "32", "--sample-repeats", "1", "--json", str(out),
+               "--variant", "lean=rmflow.focus_errors=stored,rmflow.nll_every=2"])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert [s["method"] for s in res["steps"]] == list(METHODS)
+    assert [s["method"] for s in res["steps"]] == list(METHODS) + ["lean"]
+    assert "lean/meanflow (eager)" in res["ratios"]
     assert all(s["step_s"] > 0 and s["peak_bytes"] > 0 for s in res["steps"])
     assert [(s["sampler"], s["nfe"]) for s in res["samplers"]] == [("meanflow@1", 1), ("meanflow@2", 2),
                                                                    ("rmflow@1", 1), ("fm@100", 100)]

@@ -88,7 +88,7 @@ def test_independent_pairing_is_minimised_by_the_data_mean():
     obj.cmfm = None  # only the likelihood term
 
     def nll_only(x_data):
-        x0, y = obj._pair(x_data, None, None)
+        x0, y, _ = obj._pair(x_data, None, None)
         ones = torch.ones(len(x0))
         return (y - (x0 + obj.model(x0, 0 * ones, ones))).pow(2).sum(1).mean()
 
@@ -111,7 +111,7 @@ def test_teacher_pairing_uses_the_frozen_copy():
     teacher_src = copy.deepcopy(obj.model)
     teacher_src.net.b.data.fill_(3.0)
     obj.freeze_teacher(teacher_src)
-    x0, y = obj._pair(torch.zeros(20_000, 2), None, None)
+    x0, y, _ = obj._pair(torch.zeros(20_000, 2), None, None)
     # teacher: u = 3 everywhere -> T(x0) = x0 + 3; y = x0 + 3 + 0.1 ε
     assert abs((y - x0 - 3).mean().item()) < 3e-3 and abs((y - x0 - 3).std().item() - 0.1) < 3e-3
     assert all(not p.requires_grad for p in obj.teacher.parameters())
@@ -121,7 +121,7 @@ def test_inverse_pairing_inverts_an_affine_map():
     """The model's inverse map x0 = x1 - u(x1, 1, 0): for u ≡ b it is x1 - b."""
     obj = _objective(Affine(0.0, 2.0), lambda_nll=1.0, pairing="inverse")
     x = torch.randn(7, 2)
-    x0, y = obj._pair(x, None, None)
+    x0, y, _ = obj._pair(x, None, None)
     torch.testing.assert_close(x0, x - 2.0)
 
 
@@ -210,14 +210,15 @@ def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
     torch.testing.assert_close(ya, meanflow(a.teacher, xa, 2).x)
     assert abs(xa.mean().item()) < 0.15 and abs(xa.std().item() - 1) < 0.1   # x0 drawn from the source
-    x0, y = a._pair(torch.zeros(64, 2), None, None)
+    x0, y, idx = a._pair(torch.zeros(64, 2), None, None)
+    assert idx is None   # indices are only kept with stored focus errors
     assert x0.shape == (64, 2) and all((row == xa).all(1).any() for row in x0)   # pairs come from the bank
 
 
 def test_focus_keeps_the_hardest_candidates():
     obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5)
     torch.manual_seed(1)
-    x0, y = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    x0, y, _ = obj._teacher_pairs(torch.zeros(100, 2), None, None)
     ones = torch.ones(len(x0))
     with torch.no_grad():
         err = (y - x0 - obj.model(x0, 0 * ones, ones)).pow(2).sum(1)
@@ -225,6 +226,68 @@ def test_focus_keeps_the_hardest_candidates():
     assert err[50:].min() > err[:50].median() and err[50:].mean() > err[:50].mean()
     with pytest.raises(ValueError, match="unconditional"):
         obj._teacher_pairs(torch.zeros(10, 2), torch.zeros(10, 3), None)
+
+
+def test_stored_focus_errors_are_initialised_picked_and_updated():
+    """focus_errors='stored': the bank's errors start as ‖T_k(x0) − x0 − u(x0, 0, 1)‖² of the frozen-time model,
+    the focus half is the top of the candidates by stored error (no forward), and a step overwrites the errors of
+    the rows it used with the model's error at that step."""
+    obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5, focus_errors="stored")
+    bank_x0, bank_y = obj._teacher_bank(torch.zeros(4, 2))
+    ones = torch.ones(len(bank_x0))
+    with torch.no_grad():
+        fresh = (bank_y - bank_x0 - obj.model(bank_x0, 0 * ones, ones)).pow(2).sum(1)
+    torch.testing.assert_close(obj._bank_err, fresh)
+    # the focus rows are chosen from the stored values alone: plant a known error ordering and check the choice
+    obj._bank_err = torch.arange(2000, dtype=torch.float32)
+    torch.manual_seed(3)
+    cand_draw = torch.randint(2000, (400,))
+    torch.manual_seed(3)
+    x0, y, idx = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    assert torch.equal(idx[:50], cand_draw[:50])
+    assert torch.equal(idx[50:].sort().values, cand_draw[50:].sort().values[-50:])   # the 50 largest of 350
+    torch.testing.assert_close(x0, bank_x0[idx], rtol=0, atol=0)
+    torch.testing.assert_close(y, bank_y[idx], rtol=0, atol=0)
+    # one objective call rewrites the used rows' errors with the current model's (noise-free) error
+    torch.manual_seed(4)
+    with torch.no_grad():
+        obj.model.net.body[0].weight.mul_(1.5)                   # the model moves on after the bank is built
+    before = obj._bank_err.clone()
+    torch.manual_seed(5)
+    obj(torch.randn(100, 2))
+    changed = (obj._bank_err != before).nonzero().squeeze(1)
+    assert 0 < len(changed) <= 100
+    ones = torch.ones(len(changed))
+    with torch.no_grad():
+        now = (bank_y[changed] - bank_x0[changed] - obj.model(bank_x0[changed], 0 * ones, ones)).pow(2).sum(1)
+    torch.testing.assert_close(obj._bank_err[changed], now)
+    with pytest.raises(ValueError, match="focus_errors"):
+        _teacher_objective(teacher_bank=0, nll_focus=0.5, focus_errors="stored")
+    with pytest.raises(ValueError, match="focus_errors"):
+        _teacher_objective(teacher_bank=100, nll_focus=0.5, focus_errors="old")
+
+
+def test_nll_every_runs_the_likelihood_on_due_steps_weighted_m():
+    """nll_every = 3 from nll_start_step 10: steps 10, 13, ... carry 3·λ1·L_NLL; the others are L_CMFM alone; the
+    average over a cycle is L_CMFM + λ1·L_NLL."""
+    obj = _objective(Affine(0.5, 1.0), lambda_nll=2.0, sigma_min=0.2, pairing="self", teacher_steps=1,
+                     nll_start_step=10, nll_every=3)
+    x = torch.randn(1000, 3)
+    due = []
+    for step in range(8, 17):
+        obj.set_step(step)
+        torch.manual_seed(0)
+        out = obj(x)
+        due.append("nll" in out.stats)
+        if "nll" in out.stats:
+            torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"] + 3 * 2.0 * out.stats["nll"],
+                                       rtol=1e-5, atol=1e-6)
+        else:
+            torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"])
+    assert due == [False, False, True, False, False, True, False, False, True]
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="nll_every"):
+            _objective(Affine(0.5, 1.0), lambda_nll=1.0, nll_every=bad)
 
 
 def test_nearest_distance_and_support_mask_against_brute_force():
@@ -261,3 +324,46 @@ def test_teacher_filter_drops_bank_partners_off_the_data():
     assert data_support_mask(y, data, 0.95).all()
     with pytest.raises(ValueError, match="teacher_filter"):
         _objective(net, lambda_nll=1.0, pairing="teacher", nll_start_step=1, teacher_filter=0.9)
+
+
+def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
+    """batch_split: rows ..k carry L_NLL, rows k.. L_CMFM, evaluated in ONE gradient-carrying forward; the loss and
+    its gradient equal those of the two terms computed separately on the same draws."""
+    torch.manual_seed(0)
+    net = MLP(2, hidden=16, depth=2, time_dim=8).double()
+    n, k = 40, 10
+    x = torch.randn(n, 2, dtype=torch.float64)
+    x0_all = torch.randn(n, 2, dtype=torch.float64)
+    pair = (torch.randn(k, 2, dtype=torch.float64), torch.randn(k, 2, dtype=torch.float64), None)
+    t = torch.rand(n - k, dtype=torch.float64)
+    r = torch.where(torch.rand(n - k) < 0.5, t, torch.rand(n - k, dtype=torch.float64).maximum(t))
+
+    def fixed(obj):   # the same source draws, pairs and times for both objectives
+        obj.model.draw_source = lambda template, cond=None, mask=None, generator=None: x0_all[:len(template)]
+        obj._pair = lambda xk, ck, mk: pair
+        obj.cmfm.times.sample = lambda b, generator=None, device=None: (t[:b], r[:b])
+        return obj
+
+    split = fixed(_objective(net, lambda_nll=0.7, pairing="self", nll_batch=k / n, batch_split=True))
+    calls = []
+    hook = net.register_forward_hook(lambda m, a, o: calls.append((torch.is_grad_enabled(), len(a[0]))))
+    out = split(x)
+    hook.remove()
+    assert [c for c in calls if c[0]] == [(True, n)]          # one gradient-carrying forward over all n rows
+    grads = torch.autograd.grad(out.loss.mean(), list(net.parameters()))
+    # reference: L_CMFM on rows k.. (their own x0 and times) and λ1·L_NLL on the pairs, separately
+    ref_obj = fixed(_objective(net, lambda_nll=0.0))
+    x0_all_rest = x0_all[k:]
+    ref_obj.model.draw_source = lambda template, cond=None, mask=None, generator=None: x0_all_rest
+    cmfm = ref_obj(x[k:]).loss.mean()
+    x0n, y, _ = pair
+    ones = torch.ones(k, dtype=torch.float64)
+    nll = (y - x0n - net(x0n, 0 * ones, ones)).pow(2).sum(1).mean()
+    ref = cmfm + 0.7 * nll
+    # (squared errors are summed in float32 by design, hence float32 tolerances)
+    torch.testing.assert_close(out.loss.mean().double(), ref.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.stats["cmfm"].double(), cmfm.detach().double(), rtol=1e-5, atol=1e-6)
+    for g, h in zip(grads, torch.autograd.grad(ref, list(net.parameters()))):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_split"):
+        _objective(net, lambda_nll=1.0, pairing="self", batch_split=True)        # nll_batch = 1: no L_CMFM rows

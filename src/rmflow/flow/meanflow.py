@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .jvp import mean_velocity_time_derivative, unwrap
+from .model import cat_rows
 from .path import LinearPath, expand_time
 from .times import TimeSampler
 
@@ -28,6 +29,7 @@ class CMFMOutput:
     loss: torch.Tensor        # (B,) weighted per-sample loss
     sq_error: torch.Tensor    # (B,) unweighted ‖Δ‖²
     dudt_norm: torch.Tensor   # (B,) ‖du/dt‖, logged to catch late blow-ups
+    extra: torch.Tensor | None = None   # (E, *D) u_θ on the `extra` rows, with its graph
 
 
 class CMFMLoss:
@@ -48,16 +50,26 @@ class CMFMLoss:
         return (v + expand_time(r - t, v) * dudt).detach(), dudt
 
     def __call__(self, net, x0: torch.Tensor, x1: torch.Tensor, cond=None, mask=None,
-                 times: tuple[torch.Tensor, torch.Tensor] | None = None) -> CMFMOutput:
-        """x0, x1: (B, *D) paired source and (smoothed) data samples; times optionally fixes (t, r)."""
+                 times: tuple[torch.Tensor, torch.Tensor] | None = None, extra: tuple | None = None) -> CMFMOutput:
+        """x0, x1: (B, *D) paired source and (smoothed) data samples; times optionally fixes (t, r).
+
+        extra = (x, t, r, cond, mask): E more rows that the same gradient-carrying forward evaluates (no L_CMFM on
+        them, no JVP); their output u_θ(x, t, r) is returned as `extra`, so another loss term shares the pass."""
         t, r = times if times is not None else self.times.sample(x0.shape[0], device=x0.device)
         point = self.path.sample(x0, x1, t)
         if times is None and getattr(self.times, "ratio_neq", None) == 0:  # r = t everywhere: plain flow matching, no JVP needed
             target, dudt = point.velocity, torch.zeros_like(point.velocity)
         else:
             target, dudt = self.target(net, point.x_t, t, r, point.velocity, cond, mask)
-        u = net(point.x_t, t, r, cond, mask)  # through the (possibly DDP-wrapped) module: gradients sync
+        u_extra = None
+        if extra is None:
+            u = net(point.x_t, t, r, cond, mask)  # through the (possibly DDP-wrapped) module: gradients sync
+        else:
+            xe, te, re, ce, me = extra
+            u = net(torch.cat([point.x_t, xe]), torch.cat([t, te]), torch.cat([r, re]), cat_rows(cond, ce),
+                    cat_rows(mask, me))
+            u, u_extra = u[:len(t)], u[len(t):]
         sq = masked_sq_norm(u.float() - target.float(), mask)
         weight = (sq.detach() + self.c).pow(-self.p) if self.p > 0 else torch.ones_like(sq)
         return CMFMOutput(loss=weight * sq, sq_error=sq.detach(),
-                          dudt_norm=masked_sq_norm(dudt, mask).sqrt())
+                          dudt_norm=masked_sq_norm(dudt, mask).sqrt(), extra=u_extra)

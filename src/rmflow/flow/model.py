@@ -18,6 +18,15 @@ def cond_rows(cond, index):
     return cond[index]
 
 
+def cat_rows(a, b):
+    """Rows of `a` followed by rows of `b` (conditions or masks: both None, tensors, or dicts of tensors)."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, dict):
+        return {key: torch.cat([v, b[key]]) for key, v in a.items()}
+    return torch.cat([a, b])
+
+
 class RMFlow(nn.Module):
     """Holds u_θ(x, t, r, cond, mask) (`net`), the source (with φ_ω when guided) and the refinement scale.
 

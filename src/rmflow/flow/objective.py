@@ -33,9 +33,18 @@ function of x0 plus independent noise, so any sampling law of x0 with full suppo
 - `nll_focus = q`: a share q of the L_NLL batch is the q·B pairs with the largest current error among a pool
   of 4·B candidates: the one-step map's errors concentrate where the teacher's transport jumps between modes,
   and plain sampling visits those x0 rarely.
+- `focus_errors`: how the candidates' errors are known. "fresh": the current model scores every candidate at
+  every step (a no-grad forward over 3.5·B rows). "stored" (needs a bank): each bank pair keeps the error
+  ‖T_k(x0) − x0 − u_θ(x0, 0, 1)‖² of its last use in L_NLL (one pass over the bank initialises them), as in
+  prioritised experience replay; the step then pays for no candidate forward, at the price of stale errors.
 
 `nll_batch = f` (0 < f ≤ 1) forms the L_NLL pairs from the first ⌈f·B⌉ rows of the batch only (the focus pool
 shrinks with it): an unbiased but noisier estimate of the same term at a fraction of its cost.
+`batch_split = True` gives those rows to L_NLL *instead of* L_CMFM: L_CMFM is the mean over the other B − ⌈f·B⌉
+rows, and one network forward evaluates both terms' rows, so a likelihood-stage step costs about what a MeanFlow
+step does (one JVP on fewer rows, one forward and backward on B rows, plus the refiner's g).
+`nll_every = m` evaluates the likelihood terms on every m-th step of the stage only, weighted m times ("lazy
+regularisation", Karras et al. 2020, StyleGAN2 §3.1): the same expected gradient at 1/m of the term's cost.
 """
 from __future__ import annotations
 
@@ -73,7 +82,8 @@ class RMFlowObjective(nn.Module):
                  lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
                  teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent",
                  teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0, teacher_filter: float = 0.0,
-                 nll_batch: float = 1.0):
+                 nll_batch: float = 1.0, focus_errors: str = "fresh", nll_every: int = 1,
+                 batch_split: bool = False):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
@@ -98,10 +108,26 @@ class RMFlowObjective(nn.Module):
         if not 0 < nll_batch <= 1:
             raise ValueError(f"nll_batch must be in (0, 1], got {nll_batch}")
         self.nll_batch = float(nll_batch)
+        if focus_errors not in ("fresh", "stored"):
+            raise ValueError(f"focus_errors must be 'fresh' or 'stored', got {focus_errors!r}")
+        if focus_errors == "stored" and not (teacher_bank and nll_focus):
+            raise ValueError("focus_errors='stored' keeps an error per bank pair: needs teacher_bank > 0 and "
+                             "nll_focus > 0")
+        self.focus_errors = focus_errors
+        self._bank_err: torch.Tensor | None = None   # (N,) stored errors of the bank pairs ("stored")
+        self._restored_err: torch.Tensor | None = None  # errors from a checkpoint, used when the bank is rebuilt
+        if int(nll_every) != nll_every or nll_every < 1:
+            raise ValueError(f"nll_every must be an integer >= 1, got {nll_every}")
+        self.nll_every = int(nll_every)
+        if batch_split and not nll_batch < 1:
+            raise ValueError("batch_split gives the first ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: "
+                             f"needs nll_batch < 1, got {nll_batch}")
+        self.batch_split = bool(batch_split)
         self._filter_ref: torch.Tensor | None = None
         # a Python flag, not the step number: torch.compile then guards on a value that changes once (one
         # recompile when the likelihood stage starts) instead of breaking the graph to read a tensor every step
         self._in_nll_stage = self.nll_start_step <= 0
+        self._nll_weight = float(self.nll_every)  # 0 on the steps that `nll_every` skips
         self.teacher = None
         if pairing == "teacher" and lambda_nll > 0:
             self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
@@ -109,22 +135,25 @@ class RMFlowObjective(nn.Module):
     # -- stage control -------------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
         self._in_nll_stage = step >= self.nll_start_step
+        due = (step - self.nll_start_step) % self.nll_every == 0
+        self._nll_weight = float(self.nll_every) if due else 0.0
 
     @property
     def nll_active(self) -> bool:
-        return self.lambda_nll > 0 and self._in_nll_stage
+        """The likelihood terms are computed in this step (stage started, and a due step of `nll_every`)."""
+        return self.lambda_nll > 0 and self._in_nll_stage and self._nll_weight > 0
 
     @torch.no_grad()
     def freeze_teacher(self, source: nn.Module) -> None:
         """Copy the weights of `source` (the model or its EMA) into the frozen teacher."""
         if self.teacher is not None:
             self.teacher.load_state_dict(source.state_dict())
-            self._bank = None
+            self._bank = self._bank_err = None
 
     def set_filter_reference(self, data: torch.Tensor) -> None:
         """data: (M, *D) a sample of the training data, the reference of `teacher_filter`."""
         self._filter_ref = data.detach()
-        self._bank = None
+        self._bank = self._bank_err = None
 
     @property
     def bank_kept(self) -> float:
@@ -146,15 +175,39 @@ class RMFlowObjective(nn.Module):
                 keep = data_support_mask(y, self._filter_ref.to(y.device), self.teacher_filter)
                 x0, y = x0[keep], y[keep]
             self._bank = (x0, y)
+            if self._restored_err is not None and len(self._restored_err) == len(x0):
+                self._bank_err, self._restored_err = self._restored_err, None
+            elif self.focus_errors == "stored":
+                self._bank_err = torch.cat([self._one_step_error(a, b)
+                                            for a, b in zip(x0.split(8192), y.split(8192))])
         return self._bank
+
+    @property
+    def focus_state(self) -> torch.Tensor | None:
+        """The stored focus errors (N,) for a checkpoint (None unless focus_errors='stored' and the bank exists).
+        Setting it (on resume) hands them to the bank when it is rebuilt, so a resumed run continues exactly."""
+        return self._bank_err
+
+    @focus_state.setter
+    def focus_state(self, errors: torch.Tensor) -> None:
+        self._restored_err, self._bank = errors, None
+
+    def _one_step_error(self, x0: torch.Tensor, partner: torch.Tensor, x_hat: torch.Tensor | None = None):
+        """(N,) ‖partner − x̂1‖², x̂1 = x0 + u_θ(x0, 0, 1) (computed here unless given), without a graph."""
+        with torch.no_grad():
+            if x_hat is None:
+                ones = x0.new_ones(len(x0))
+                x_hat = x0 + self.model(x0, 0 * ones, ones)
+            return (partner - x_hat.detach()).flatten(1).pow(2).sum(1)
 
     # -- the loss --------------------------------------------------------------------------------------------
     def _pair(self, x_data, cond, mask):
-        """(x0, y) for L_NLL according to the pairing; y already carries the σ_min noise."""
+        """(x0, y, bank_idx) for L_NLL according to the pairing; y already carries the σ_min noise; bank_idx:
+        the bank rows used when their errors are stored ("stored" focus), else None."""
         space = self.model.space
         if self.pairing == "teacher" and (self.teacher_bank or self.nll_focus):
-            x0, partner = self._teacher_pairs(x_data, cond, mask)
-            return x0, partner + self.sigma_min * space.randn_like(x_data, mask)
+            x0, partner, idx = self._teacher_pairs(x_data, cond, mask)
+            return x0, partner + self.sigma_min * space.randn_like(x_data, mask), idx
         x0 = self.model.draw_source(x_data, cond, mask)
         partner = x_data
         if self.pairing == "minibatch_ot":
@@ -170,11 +223,12 @@ class RMFlowObjective(nn.Module):
             with torch.no_grad():
                 partner = samplers.meanflow(transport, x0, self.teacher_steps, cond, mask).x
         y = partner + self.sigma_min * space.randn_like(x_data, mask)
-        return x0, y
+        return x0, y, None
 
     @torch.no_grad()
     def _teacher_pairs(self, x_data, cond, mask):
-        """Teacher pairs drawn from the bank and/or focused on the hardest of 4·B candidates (unconditional)."""
+        """(x0, T_k(x0), bank_idx): teacher pairs drawn from the bank and/or focused on the hardest of 4·B candidates
+        (unconditional); bank_idx (B,) with stored focus errors, else None."""
         if cond is not None or mask is not None:
             raise ValueError("rmflow.teacher_bank and rmflow.nll_focus need unconditional, unmasked data; "
                              "set them to 0")
@@ -183,18 +237,21 @@ class RMFlowObjective(nn.Module):
         if self.teacher_bank:
             bank_x0, bank_y = self._teacher_bank(x_data)
             idx = torch.randint(len(bank_x0), (pool,), device=x_data.device)
+            if self._bank_err is not None:  # stored errors: pick the focus rows without any forward
+                n_hard = int(round(self.nll_focus * b))
+                cand = idx[b - n_hard:]
+                idx = torch.cat([idx[:b - n_hard], cand[self._bank_err[cand].topk(n_hard).indices]])
+                return bank_x0[idx], bank_y[idx], idx
             x0, y = bank_x0[idx], bank_y[idx]
         else:
             x0 = self.model.draw_source(x_data.new_zeros((pool, *x_data.shape[1:])))
             y = samplers.meanflow(self.teacher, x0, self.teacher_steps).x
         if self.nll_focus:
             n_hard = int(round(self.nll_focus * b))
-            rest = x0[b - n_hard:]
-            ones = rest.new_ones(len(rest))
-            err = (y[b - n_hard:] - rest - self.model(rest, 0 * ones, ones)).flatten(1).pow(2).sum(1)
+            err = self._one_step_error(x0[b - n_hard:], y[b - n_hard:])
             keep = torch.cat([torch.arange(b - n_hard, device=x0.device), err.topk(n_hard).indices + b - n_hard])
             x0, y = x0[keep], y[keep]
-        return x0, y
+        return x0, y, None
 
     def forward(self, x_data: torch.Tensor, cond=None, mask=None) -> ObjectiveOutput:
         """x_data: (B, *D) clean data; cond: the condition (task-defined) or None; mask: real entries."""
@@ -203,34 +260,54 @@ class RMFlowObjective(nn.Module):
         x0 = model.draw_source(x_data, cond, mask)
         if self.coupling == "minibatch_ot":
             x0 = x0[minibatch_ot_permutation(x0, x1)]
-        out = self.cmfm(model, x0, x1, cond, mask)
-        loss = out.loss
-        stats = {"cmfm": out.loss.detach().mean(), "cmfm_sq": out.sq_error.mean(),
-                 "dudt_norm_max": out.dudt_norm.max()}
-        if self.nll_active:
-            k = math.ceil(self.nll_batch * x_data.shape[0])
-            xk, ck, mk = x_data[:k], cond_rows(cond, slice(k)), cond_rows(mask, slice(k))
-            with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
-                x0n, y = self._pair(xk, ck, mk)
-            b = x0n.shape[0]
-            ones, zeros = x0n.new_ones(b), x0n.new_zeros(b)
+        if not self.nll_active:
+            out = self.cmfm(model, x0, x1, cond, mask)
+            return self._with_encoder_penalty(out.loss, self._cmfm_stats(out), x_data, cond, mask)
+        n = x_data.shape[0]
+        k = math.ceil(self.nll_batch * n)
+        xk, ck, mk = x_data[:k], cond_rows(cond, slice(k)), cond_rows(mask, slice(k))
+        with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
+            x0n, y, bank_idx = self._pair(xk, ck, mk)
+        ones, zeros = x0n.new_ones(k), x0n.new_zeros(k)
+        if self.batch_split:   # rows k.. carry L_CMFM, rows ..k L_NLL: one forward of n rows evaluates both
+            rest = slice(k, None)
+            out = self.cmfm(model, x0[rest], x1[rest], cond_rows(cond, rest), cond_rows(mask, rest),
+                            extra=(x0n, zeros, ones, ck, mk))
+            x_hat = x0n + out.extra
+        else:
+            out = self.cmfm(model, x0, x1, cond, mask)
             x_hat = x0n + model(x0n, zeros, ones, ck, mk)
-            nll = masked_sq_norm(y - x_hat, mk)
-            # the likelihood terms enter as batch means, added to each per-sample L_CMFM loss: the trainer's mean
-            # over the batch is then L_CMFM + λ1·L_NLL (+ the refiner's terms) for any number of pairs
-            loss = loss + self.lambda_nll * nll.mean()
-            stats["nll"] = nll.detach().mean()
-            if getattr(model.refiner, "learned", False):
-                scale = model.refiner(b, ck)
-                lscale = scale_nll(nll.detach(), scale, space.dof(xk, mk))
-                loss = loss + lscale.mean()
-                stats["refine_scale"] = scale.detach().mean()
-            if getattr(model.refiner, "mixture", False):
-                mix = model.refiner.nll(x0n, x_hat, y)
-                loss = loss + mix.mean()
-                stats["nll_mixture"] = mix.detach().mean()
-        if self.lambda_enc > 0 and model.source.guided:
-            enc = masked_sq_norm(model.source.encode(cond, x_data), mask)
+        stats = self._cmfm_stats(out)
+        if bank_idx is not None:
+            self._bank_err[bank_idx] = self._one_step_error(x0n, self._bank[1][bank_idx], x_hat)
+        nll = masked_sq_norm(y - x_hat, mk)
+        terms = self.lambda_nll * nll      # (k,) the likelihood terms of each pair
+        stats["nll"] = nll.detach().mean()
+        if getattr(model.refiner, "learned", False):
+            scale = model.refiner(k, ck)
+            terms = terms + scale_nll(nll.detach(), scale, space.dof(xk, mk))
+            stats["refine_scale"] = scale.detach().mean()
+        if getattr(model.refiner, "mixture", False):
+            mix = model.refiner.nll(x0n, x_hat, y)
+            terms = terms + mix
+            stats["nll_mixture"] = mix.detach().mean()
+        # per-row losses whose mean over the n rows is L_CMFM + λ1·L_NLL (+ the refiner's terms), each term the mean
+        # over its own rows; w = m on the steps that `nll_every` = m keeps, so the expected gradient is every step's
+        w = self._nll_weight
+        if self.batch_split:
+            loss = torch.cat([(w * n / k) * terms, (n / (n - k)) * out.loss])
+        else:
+            loss = out.loss + w * terms.mean()
+        return self._with_encoder_penalty(loss, stats, x_data, cond, mask)
+
+    @staticmethod
+    def _cmfm_stats(out) -> dict[str, torch.Tensor]:
+        return {"cmfm": out.loss.detach().mean(), "cmfm_sq": out.sq_error.mean(), "dudt_norm_max": out.dudt_norm.max()}
+
+    def _with_encoder_penalty(self, loss, stats, x_data, cond, mask) -> ObjectiveOutput:
+        """Adds λ2·‖φ_ω(c)‖² per row (guided sources only)."""
+        if self.lambda_enc > 0 and self.model.source.guided:
+            enc = masked_sq_norm(self.model.source.encode(cond, x_data), mask)
             loss = loss + self.lambda_enc * enc
             stats["enc"] = enc.detach().mean()
         return ObjectiveOutput(loss, stats)

@@ -41,7 +41,8 @@ def build_objective(cfg: Config, model) -> RMFlowObjective:
                            lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
                            nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
                            nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter,
-                           nll_batch=rm.nll_batch)
+                           nll_batch=rm.nll_batch, nll_every=rm.nll_every, focus_errors=rm.focus_errors,
+                           batch_split=rm.batch_split)
 
 
 class Trainer:
@@ -91,6 +92,8 @@ class Trainer:
         out.update({f"ema.{k}": v for k, v in self.ema.shadow.state_dict().items()})
         if self.objective.teacher is not None:
             out.update({f"teacher.{k}": v for k, v in self.objective.teacher.state_dict().items()})
+        if self.objective.focus_state is not None:
+            out["focus_errors"] = self.objective.focus_state
         for i, st in self.optimizer.state_dict()["state"].items():
             out.update({f"optim.{i}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
         rng_states = rng_states or [torch.get_rng_state()]
@@ -142,6 +145,8 @@ class Trainer:
             groups = [{**g, "params": cur["params"]} for g, cur in
                       zip(groups, self.optimizer.state_dict()["param_groups"])]
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        if "focus_errors" in tensors and not warm_start:
+            self.objective.focus_state = tensors["focus_errors"].to(self.device)
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.history = int(state["step"]), list(state["history"])
         if self.dist.rank > 0:
@@ -209,23 +214,24 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl" if (self.run_dir and is_main) else None
         bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (tc.progress and is_main),
                    dynamic_ncols=True, leave=False)
-        acc: dict[str, float] = {}
+        acc: dict[str, float] = {}   # sums of each logged value, and how many steps reported it (a term that
+        cnt: dict[str, int] = {}     # runs on some steps only, as with rmflow.nll_every, averages over those)
         n_acc, t0 = 0, time.perf_counter()
         try:
             while self.step < total:
                 stats = self.train_step()
                 for k, v in stats.items():
-                    acc[k] = acc.get(k, 0.0) + v
+                    acc[k], cnt[k] = acc.get(k, 0.0) + v, cnt.get(k, 0) + 1
                 n_acc += 1
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == total:
-                    row = {"step": self.step, **all_reduce_mean({k: v / n_acc for k, v in acc.items()}, self.dist),
+                    row = {"step": self.step, **all_reduce_mean({k: v / cnt[k] for k, v in acc.items()}, self.dist),
                            "steps_per_s": n_acc / (time.perf_counter() - t0)}
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                     if log_path:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
-                    acc, n_acc, t0 = {}, 0, time.perf_counter()
+                    acc, cnt, n_acc, t0 = {}, {}, 0, time.perf_counter()
                 if saving and self.step % tc.ckpt_every == 0:
                     self.save()
         except KeyboardInterrupt:
