@@ -11,8 +11,7 @@ Methods (each a full Trainer.train_step: data, loss, backward, clipping, AdamW, 
     rmflow_bank   pairing teacher with a precomputed bank of teacher pairs (rmflow.teacher_bank; built in warm-up)
     rmflow_ot     pairing minibatch_ot;  rmflow_indep: pairing independent
     --variant NAME=key=value,...   rmflow with extra config keys, timed in the same rounds (e.g. the cheaper
-                  likelihood step: lean=rmflow.focus_errors=stored,rmflow.nll_batch=0.5,rmflow.nll_every=2;
-                  with nll_every = m, make --steps a multiple of m so that every round holds whole cycles)
+                  likelihood step: lean=rmflow.focus_errors=stored,rmflow.nll_batch=0.5,rmflow.batch_split=true)
 
 Peak memory is the peak of bytes held by tensors allocated during the loss forward + backward of one step
 (activations, JVP tangents, teacher passes, gradients, temporaries; weights and optimiser state allocated earlier

@@ -72,7 +72,6 @@ class RMFlowConfig:
     teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
     nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
-    nll_every: int = 1             # likelihood terms on every m-th step only, weighted m (lazy; 1: every step)
     batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward serves both terms
     focus_errors: str = "fresh"    # fresh: score the focus candidates every step | stored: each bank pair's
                                    # error from its last use (no candidate forward; needs teacher_bank)
@@ -100,7 +99,6 @@ class RMFlowConfig:
         check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
         check(0 < self.nll_batch <= 1, f"{key}.nll_batch", "must be in (0, 1]")
-        check(isinstance(self.nll_every, int) and self.nll_every >= 1, f"{key}.nll_every", "must be an integer >= 1")
         check(not (self.batch_split and self.nll_batch >= 1), f"{key}.batch_split",
               "gives ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: needs rmflow.nll_batch < 1")
         check(self.focus_errors in ("fresh", "stored"), f"{key}.focus_errors", "must be 'fresh' or 'stored'")

@@ -107,8 +107,8 @@ def test_method_overrides():
 
 
 def test_parse_variants():
-    assert parse_variants(["lean=rmflow.nll_batch=0.5,rmflow.nll_every=2", "b=x.y=1"]) == {
-        "lean": ["rmflow.nll_batch=0.5", "rmflow.nll_every=2"], "b": ["x.y=1"]}
+    assert parse_variants(["lean=rmflow.nll_batch=0.5,rmflow.batch_split=true", "b=x.y=1"]) == {
+        "lean": ["rmflow.nll_batch=0.5", "rmflow.batch_split=true"], "b": ["x.y=1"]}
     for bad in ("lean", "lean=", "=a.b=1", "lean=a.b"):
         with pytest.raises(ValueError, match="--variant"):
             parse_variants([bad])
@@ -130,7 +130,7 @@ def test_bench_command_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "ring", *TINY, "rmflow.teacher_steps=2", "--steps", "2", "--rounds", "1", "--warmup", "1",
                "--nfe", "1", "2", "--sample-batch", "32", "--sample-repeats", "1", "--json", str(out),
-               "--variant", "lean=rmflow.focus_errors=stored,rmflow.nll_every=2"])
+               "--variant", "lean=rmflow.nll_batch=0.5,rmflow.batch_split=true"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert [s["method"] for s in res["steps"]] == list(METHODS) + ["lean"]

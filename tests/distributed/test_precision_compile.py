@@ -113,20 +113,19 @@ def test_train_compile_key_builds_the_fallback_wrapper():
     assert isinstance(trainer.loss_module, CompiledWithFallback) and trainer.loss_module.module is trainer.objective
 
 
-def test_compiled_likelihood_stage_with_stored_focus_and_nll_every():
-    """The cheaper likelihood step (stored focus errors written in place, the term on every second step) is
-    captured by Dynamo without falling back, and updates the stored errors on the due steps only."""
+def test_compiled_likelihood_stage_with_stored_focus_and_batch_split():
+    """The cheaper likelihood step (stored focus errors written in place, L_NLL rows sharing the L_CMFM forward) is
+    captured by Dynamo without falling back, and rewrites stored errors at every stage-2 step."""
     trainer = tiny_trainer("rmflow.lambda_nll=1", "rmflow.pairing=teacher", "rmflow.nll_start_step=1",
                            "rmflow.teacher_steps=2", "rmflow.teacher_bank=200", "rmflow.nll_focus=0.5",
-                           "rmflow.focus_errors=stored", "rmflow.nll_every=2", "rmflow.refine=mixture")
+                           "rmflow.focus_errors=stored", "rmflow.nll_batch=0.5", "rmflow.batch_split=true",
+                           "rmflow.refine=mixture")
     trainer.loss_module = prepare_loss_module(trainer.objective, trainer.device, compile=True,
                                               compile_backend="eager")
-    trainer.train_step()                                  # step 0: stage 1
-    seen, errors = [], []
-    for _ in range(4):                                    # steps 1..4: due at 1 and 3
-        stats = trainer.train_step()
-        seen.append("nll" in stats)
+    assert "nll" not in trainer.train_step()              # step 0: stage 1
+    errors = []
+    for _ in range(3):
+        assert "nll" in trainer.train_step()
         errors.append(trainer.objective.focus_state.clone())
     assert trainer.loss_module.compiled, trainer.loss_module.failure
-    assert seen == [True, False, True, False]
-    assert torch.equal(errors[0], errors[1]) and not torch.equal(errors[1], errors[2])
+    assert not torch.equal(errors[0], errors[1]) and not torch.equal(errors[1], errors[2])

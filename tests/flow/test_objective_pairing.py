@@ -267,65 +267,6 @@ def test_stored_focus_errors_are_initialised_picked_and_updated():
         _teacher_objective(teacher_bank=100, nll_focus=0.5, focus_errors="old")
 
 
-def test_nll_every_runs_the_likelihood_on_due_steps_weighted_m():
-    """nll_every = 3 from nll_start_step 10: steps 10, 13, ... carry 3·λ1·L_NLL; the others are L_CMFM alone; the
-    average over a cycle is L_CMFM + λ1·L_NLL."""
-    obj = _objective(Affine(0.5, 1.0), lambda_nll=2.0, sigma_min=0.2, pairing="self", teacher_steps=1,
-                     nll_start_step=10, nll_every=3)
-    x = torch.randn(1000, 3)
-    due = []
-    for step in range(8, 17):
-        obj.set_step(step)
-        torch.manual_seed(0)
-        out = obj(x)
-        due.append("nll" in out.stats)
-        if "nll" in out.stats:
-            torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"] + 3 * 2.0 * out.stats["nll"],
-                                       rtol=1e-5, atol=1e-6)
-        else:
-            torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"])
-    assert due == [False, False, True, False, False, True, False, False, True]
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError, match="nll_every"):
-            _objective(Affine(0.5, 1.0), lambda_nll=1.0, nll_every=bad)
-
-
-def test_nearest_distance_and_support_mask_against_brute_force():
-    from rmflow.flow.pairing import data_support_mask, nearest_distance
-    g = torch.Generator().manual_seed(0)
-    ref = torch.randn(300, 3, generator=g, dtype=torch.float64)
-    x = 2 * torch.randn(50, 3, generator=g, dtype=torch.float64)
-    brute = torch.tensor([min((a - b).norm().item() for b in ref) for a in x])
-    torch.testing.assert_close(nearest_distance(x, ref, chunk=7).double(), brute.double(), rtol=1e-5, atol=1e-6)
-    loo = torch.tensor([min((ref[i] - ref[j]).norm().item() for j in range(300) if j != i) for i in range(300)])
-    torch.testing.assert_close(nearest_distance(ref, ref, exclude_self=True, chunk=64).double(), loo.double(),
-                               rtol=1e-5, atol=1e-6)
-    # two clusters of data; points at the clusters pass, points between them and far away do not
-    data = torch.cat([torch.randn(2000, 2, generator=g) * 0.1 - 3, torch.randn(2000, 2, generator=g) * 0.1 + 3])
-    y = torch.tensor([[-3.0, -3.0], [3.05, 3.02], [0.0, 0.0], [-1.5, -1.5], [10.0, 10.0]])
-    assert data_support_mask(y, data, 0.99).tolist() == [True, True, False, False, False]
-
-
-def test_teacher_filter_drops_bank_partners_off_the_data():
-    """Teacher x ↦ 2x + 1 (k = 1): partners 2·x0 + 1 ~ N(1, 4); the data only cover [0, 2]² roughly, so the bank
-    keeps the pairs whose partner is near the data, and every kept partner passes the support test."""
-    from rmflow.flow.pairing import data_support_mask
-    net = Affine(1.0, 1.0)           # u = x + 1: one step from x0 gives x0 + u = 2·x0 + 1
-    obj = _objective(net, lambda_nll=1.0, pairing="teacher", teacher_steps=1, nll_start_step=1,
-                     teacher_bank=4000, teacher_filter=0.95)
-    obj.freeze_teacher(obj.model)
-    data = torch.rand(3000, 2) * 2
-    with pytest.raises(RuntimeError, match="set_filter_reference"):
-        obj._teacher_bank(torch.zeros(8, 2))
-    obj.set_filter_reference(data)
-    x0, y = obj._teacher_bank(torch.zeros(8, 2))
-    torch.testing.assert_close(y, 2 * x0 + 1)
-    assert 0.05 < obj.bank_kept < 0.5 and len(x0) == round(obj.bank_kept * 4000)
-    assert data_support_mask(y, data, 0.95).all()
-    with pytest.raises(ValueError, match="teacher_filter"):
-        _objective(net, lambda_nll=1.0, pairing="teacher", nll_start_step=1, teacher_filter=0.9)
-
-
 def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     """batch_split: rows ..k carry L_NLL, rows k.. L_CMFM, evaluated in ONE gradient-carrying forward; the loss and
     its gradient equal those of the two terms computed separately on the same draws."""

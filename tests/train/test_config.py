@@ -26,7 +26,6 @@ def test_presets_load_and_overrides_apply():
     (["rmflow.refine=mixtures"], "rmflow.refine"),
     (["rmflow.mixture_components=1"], "rmflow.mixture_components"),
     (["rmflow.mixture_pick=mode"], "rmflow.mixture_pick"),
-    (["rmflow.nll_every=0"], "rmflow.nll_every"),
     (["rmflow.batch_split=true"], "rmflow.batch_split"),
     (["rmflow.focus_errors=old"], "rmflow.focus_errors"),
     (["rmflow.focus_errors=stored", "rmflow.nll_focus=0"], "rmflow.focus_errors"),

@@ -40,7 +40,8 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
                                     "flow.coupling=minibatch_ot"],
                                    ["rmflow.pairing=teacher", "rmflow.nll_start_step=2", "rmflow.teacher_steps=2",
                                     "rmflow.teacher_bank=300", "rmflow.nll_focus=0.5", "rmflow.focus_errors=stored",
-                                    "rmflow.nll_every=2", "rmflow.refine=mixture"]])
+                                    "rmflow.nll_batch=0.5", "rmflow.batch_split=true",
+                                    "rmflow.refine=mixture"]])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     full = Trainer(_cfg(tmp_path / "a", "train.steps=12", *extra), tmp_path / "a")
     losses = full.train()

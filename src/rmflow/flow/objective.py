@@ -43,8 +43,6 @@ shrinks with it): an unbiased but noisier estimate of the same term at a fractio
 `batch_split = True` gives those rows to L_NLL *instead of* L_CMFM: L_CMFM is the mean over the other B − ⌈f·B⌉
 rows, and one network forward evaluates both terms' rows, so a likelihood-stage step costs about what a MeanFlow
 step does (one JVP on fewer rows, one forward and backward on B rows, plus the refiner's g).
-`nll_every = m` evaluates the likelihood terms on every m-th step of the stage only, weighted m times ("lazy
-regularisation", Karras et al. 2020, StyleGAN2 §3.1): the same expected gradient at 1/m of the term's cost.
 """
 from __future__ import annotations
 
@@ -82,8 +80,7 @@ class RMFlowObjective(nn.Module):
                  lambda_nll: float = 0.0, lambda_enc: float = 0.0, pairing: str = "independent",
                  teacher_steps: int = 8, nll_start_step: int = 0, coupling: str = "independent",
                  teacher_bank: int = 0, nll_focus: float = 0.0, bank_seed: int = 0, teacher_filter: float = 0.0,
-                 nll_batch: float = 1.0, focus_errors: str = "fresh", nll_every: int = 1,
-                 batch_split: bool = False):
+                 nll_batch: float = 1.0, focus_errors: str = "fresh", batch_split: bool = False):
         super().__init__()
         if not 0 <= sigma < sigma_min:
             raise ValueError(f"need 0 <= sigma < sigma_min, got sigma={sigma}, sigma_min={sigma_min}")
@@ -116,9 +113,6 @@ class RMFlowObjective(nn.Module):
         self.focus_errors = focus_errors
         self._bank_err: torch.Tensor | None = None   # (N,) stored errors of the bank pairs ("stored")
         self._restored_err: torch.Tensor | None = None  # errors from a checkpoint, used when the bank is rebuilt
-        if int(nll_every) != nll_every or nll_every < 1:
-            raise ValueError(f"nll_every must be an integer >= 1, got {nll_every}")
-        self.nll_every = int(nll_every)
         if batch_split and not nll_batch < 1:
             raise ValueError("batch_split gives the first ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: "
                              f"needs nll_batch < 1, got {nll_batch}")
@@ -127,7 +121,6 @@ class RMFlowObjective(nn.Module):
         # a Python flag, not the step number: torch.compile then guards on a value that changes once (one
         # recompile when the likelihood stage starts) instead of breaking the graph to read a tensor every step
         self._in_nll_stage = self.nll_start_step <= 0
-        self._nll_weight = float(self.nll_every)  # 0 on the steps that `nll_every` skips
         self.teacher = None
         if pairing == "teacher" and lambda_nll > 0:
             self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
@@ -135,13 +128,10 @@ class RMFlowObjective(nn.Module):
     # -- stage control -------------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
         self._in_nll_stage = step >= self.nll_start_step
-        due = (step - self.nll_start_step) % self.nll_every == 0
-        self._nll_weight = float(self.nll_every) if due else 0.0
 
     @property
     def nll_active(self) -> bool:
-        """The likelihood terms are computed in this step (stage started, and a due step of `nll_every`)."""
-        return self.lambda_nll > 0 and self._in_nll_stage and self._nll_weight > 0
+        return self.lambda_nll > 0 and self._in_nll_stage
 
     @torch.no_grad()
     def freeze_teacher(self, source: nn.Module) -> None:
@@ -292,12 +282,11 @@ class RMFlowObjective(nn.Module):
             terms = terms + mix
             stats["nll_mixture"] = mix.detach().mean()
         # per-row losses whose mean over the n rows is L_CMFM + λ1·L_NLL (+ the refiner's terms), each term the mean
-        # over its own rows; w = m on the steps that `nll_every` = m keeps, so the expected gradient is every step's
-        w = self._nll_weight
+        # over its own rows
         if self.batch_split:
-            loss = torch.cat([(w * n / k) * terms, (n / (n - k)) * out.loss])
+            loss = torch.cat([(n / k) * terms, (n / (n - k)) * out.loss])
         else:
-            loss = out.loss + w * terms.mean()
+            loss = out.loss + terms.mean()
         return self._with_encoder_penalty(loss, stats, x_data, cond, mask)
 
     @staticmethod

@@ -41,8 +41,7 @@ def build_objective(cfg: Config, model) -> RMFlowObjective:
                            lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
                            nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
                            nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter,
-                           nll_batch=rm.nll_batch, nll_every=rm.nll_every, focus_errors=rm.focus_errors,
-                           batch_split=rm.batch_split)
+                           nll_batch=rm.nll_batch, focus_errors=rm.focus_errors, batch_split=rm.batch_split)
 
 
 class Trainer:
@@ -214,24 +213,23 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl" if (self.run_dir and is_main) else None
         bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (tc.progress and is_main),
                    dynamic_ncols=True, leave=False)
-        acc: dict[str, float] = {}   # sums of each logged value, and how many steps reported it (a term that
-        cnt: dict[str, int] = {}     # runs on some steps only, as with rmflow.nll_every, averages over those)
+        acc: dict[str, float] = {}
         n_acc, t0 = 0, time.perf_counter()
         try:
             while self.step < total:
                 stats = self.train_step()
                 for k, v in stats.items():
-                    acc[k], cnt[k] = acc.get(k, 0.0) + v, cnt.get(k, 0) + 1
+                    acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == total:
-                    row = {"step": self.step, **all_reduce_mean({k: v / cnt[k] for k, v in acc.items()}, self.dist),
+                    row = {"step": self.step, **all_reduce_mean({k: v / n_acc for k, v in acc.items()}, self.dist),
                            "steps_per_s": n_acc / (time.perf_counter() - t0)}
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                     if log_path:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
-                    acc, cnt, n_acc, t0 = {}, {}, 0, time.perf_counter()
+                    acc, n_acc, t0 = {}, 0, time.perf_counter()
                 if saving and self.step % tc.ckpt_every == 0:
                     self.save()
         except KeyboardInterrupt:
