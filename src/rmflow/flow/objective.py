@@ -21,7 +21,7 @@ is (nearly) deterministic, and which pairings do that:
 The likelihood term is switched on at step `nll_start_step` (0: from the start). The trainer calls
 `set_step` before each step and `freeze_teacher` when that stage starts.
 
-Two options shape the "teacher" pairing without changing its minimiser (the target y is a deterministic
+Options of the "teacher" pairing; all but the filter leave its minimiser unchanged (the target y is a deterministic
 function of x0 plus independent noise, so any sampling law of x0 with full support has the same minimiser):
 - `teacher_bank = N`: the teacher's pairs (x0, T_k(x0)) are computed once for N source draws when the teacher
   is frozen (deterministically from `bank_seed`, so resume rebuilds the same bank), instead of k teacher
@@ -36,7 +36,8 @@ function of x0 plus independent noise, so any sampling law of x0 with full suppo
 - `focus_errors`: how the candidates' errors are known. "fresh": the current model scores every candidate at
   every step (a no-grad forward over 3.5·B rows). "stored" (needs a bank): each bank pair keeps the error
   ‖T_k(x0) − x0 − u_θ(x0, 0, 1)‖² of its last use in L_NLL (one pass over the bank initialises them), as in
-  prioritised experience replay; the step then pays for no candidate forward, at the price of stale errors.
+  prioritised experience replay (Schaul et al., 2016); the step then pays for no candidate forward, at the
+  price of stale errors.
 
 `nll_batch = f` (0 < f ≤ 1) forms the L_NLL pairs from the first ⌈f·B⌉ rows of the batch only (the focus pool
 shrinks with it): an unbiased but noisier estimate of the same term at a fraction of its cost.
