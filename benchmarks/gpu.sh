@@ -2,7 +2,7 @@
 # The GPU checks and figures behind docs/results/speed.md ("GPU"): one prepared script, each stage under its own
 # time limit so that one failure does not cost the others. Usage (repository root, a CUDA machine):
 #     OUT=runs/bench-gpu bash benchmarks/gpu.sh
-# Stages: the ring benchmark eager (fp32, batch 512) and at a compute-bound batch (bf16, 16384), the lorenz
+# Stages: the cheaper likelihood steps (ring and lorenz, eager), the ring benchmark eager (fp32, batch 512) and at a compute-bound batch (bf16, 16384), the lorenz
 # benchmark, a short bf16 + torch.compile training run through the likelihood stage and its evaluation, a one-process
 # torchrun (NCCL) run, and the ring benchmark compiled. It runs from the source tree (PYTHONPATH=src) under the
 # machine's own torch; the project's other dependencies must be importable (POT for the synthetic metrics).
@@ -22,6 +22,15 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 }
 nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 MIX=rmflow.refine=mixture
+# first: the cheaper likelihood steps of the fifth session (docs/RESULTS.md §2g), never timed on a GPU yet
+DEFAULT="$MIX rmflow.teacher_steps=8 rmflow.mixture_components=4 rmflow.sigma_min=0.03 rmflow.teacher_filter=0.99"
+SPLIT=rmflow.nll_batch=0.5,rmflow.batch_split=true
+stage ring-lean 150 $PY -m rmflow bench ring train.device=$DEV $DEFAULT --methods fm meanflow rmflow \
+    --variant stored=rmflow.focus_errors=stored --variant split50=$SPLIT \
+    --variant stored_split50=rmflow.focus_errors=stored,$SPLIT --steps 20 --rounds 5 --nfe 1 --sample-batch 65536
+stage lorenz-lean 120 $PY -m rmflow bench lorenz train.device=$DEV --methods meanflow rmflow \
+    --variant split50=$SPLIT --variant self_split50=rmflow.pairing=self,$SPLIT --steps 10 --rounds 5 --nfe 1 \
+    --sample-batch 1024 --no-memory
 stage ring-eager 100 $PY -m rmflow bench ring train.device=$DEV $MIX --methods fm meanflow rmflow rmflow_indep \
     --steps 20 --rounds 3 --sample-batch 65536
 stage lorenz-eager 90 $PY -m rmflow bench lorenz train.device=$DEV --methods fm meanflow rmflow rmflow_indep \
