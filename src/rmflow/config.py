@@ -69,10 +69,11 @@ class RMFlowConfig:
     teacher_steps: int = 32        # k of the k-step MeanFlow partner (self / teacher)
     teacher_source: str = "ema"    # ema | model: what the frozen teacher is copied from
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
-    teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step)
+    teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step); conditional
+                                   # data: for as many training conditions, drawn once
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
     nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
-    batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward serves both terms
+    batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both
     focus_errors: str = "fresh"    # fresh: score the focus candidates every step | stored: each bank pair's
                                    # error from its last use (no candidate forward; needs teacher_bank)
     teacher_filter: float = 0.0    # q in (0, 1): drop bank pairs whose partner lies farther from the data than the

@@ -101,3 +101,19 @@ def test_context_only_through_the_network(tmp_path):
     cfg.model.context_input = False
     with pytest.raises(ValueError, match="never sees the context"):
         Trainer(cfg)
+
+
+def test_conditional_teacher_bank_with_split_batch_trains(tmp_path):
+    """The cheap likelihood step on a conditional task: the trainer hands training contexts to the teacher bank,
+    whose pairs then train with stored focus errors and the split batch."""
+    cfg = config(tmp_path)
+    from rmflow.config import apply_overrides, to_dict
+    data = apply_overrides(to_dict(cfg), ["rmflow.teacher_bank=64", "rmflow.nll_focus=0.5",
+                                          "rmflow.focus_errors=stored", "rmflow.nll_batch=0.5",
+                                          "rmflow.batch_split=true"])
+    trainer = Trainer(build_config(data))
+    losses = trainer.train()
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    bank = trainer.objective._bank
+    assert bank is not None and bank.x0.shape == (64, 3, 16) and bank.cond.shape == (64, 3, 8)
+    assert trainer.objective.focus_state.shape == (64,)

@@ -88,7 +88,7 @@ def test_independent_pairing_is_minimised_by_the_data_mean():
     obj.cmfm = None  # only the likelihood term
 
     def nll_only(x_data):
-        x0, y, _ = obj._pair(x_data, None, None)
+        x0, y = obj._pair(x_data, None, None)[:2]
         ones = torch.ones(len(x0))
         return (y - (x0 + obj.model(x0, 0 * ones, ones))).pow(2).sum(1).mean()
 
@@ -111,7 +111,7 @@ def test_teacher_pairing_uses_the_frozen_copy():
     teacher_src = copy.deepcopy(obj.model)
     teacher_src.net.b.data.fill_(3.0)
     obj.freeze_teacher(teacher_src)
-    x0, y, _ = obj._pair(torch.zeros(20_000, 2), None, None)
+    x0, y = obj._pair(torch.zeros(20_000, 2), None, None)[:2]
     # teacher: u = 3 everywhere -> T(x0) = x0 + 3; y = x0 + 3 + 0.1 ε
     assert abs((y - x0 - 3).mean().item()) < 3e-3 and abs((y - x0 - 3).std().item() - 0.1) < 3e-3
     assert all(not p.requires_grad for p in obj.teacher.parameters())
@@ -121,7 +121,7 @@ def test_inverse_pairing_inverts_an_affine_map():
     """The model's inverse map x0 = x1 - u(x1, 1, 0): for u ≡ b it is x1 - b."""
     obj = _objective(Affine(0.0, 2.0), lambda_nll=1.0, pairing="inverse")
     x = torch.randn(7, 2)
-    x0, y, _ = obj._pair(x, None, None)
+    x0, y = obj._pair(x, None, None)[:2]
     torch.testing.assert_close(x0, x - 2.0)
 
 
@@ -205,12 +205,12 @@ def _teacher_objective(**kw):
 def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
     a = _teacher_objective(teacher_bank=500, bank_seed=7)
     b = _teacher_objective(teacher_bank=500, bank_seed=7)
-    xa, ya = a._teacher_bank(torch.zeros(4, 2))
-    xb, yb = b._teacher_bank(torch.zeros(4, 2))
+    xa, ya = a._teacher_bank(torch.zeros(4, 2))[:2]
+    xb, yb = b._teacher_bank(torch.zeros(4, 2))[:2]
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
     torch.testing.assert_close(ya, meanflow(a.teacher, xa, 2).x)
     assert abs(xa.mean().item()) < 0.15 and abs(xa.std().item() - 1) < 0.1   # x0 drawn from the source
-    x0, y, idx = a._pair(torch.zeros(64, 2), None, None)
+    x0, y, _, _, idx = a._pair(torch.zeros(64, 2), None, None)
     assert idx is None   # indices are only kept with stored focus errors
     assert x0.shape == (64, 2) and all((row == xa).all(1).any() for row in x0)   # pairs come from the bank
 
@@ -218,22 +218,22 @@ def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
 def test_focus_keeps_the_hardest_candidates():
     obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5)
     torch.manual_seed(1)
-    x0, y, _ = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    x0, y = obj._teacher_pairs(torch.zeros(100, 2), None, None)[:2]
     ones = torch.ones(len(x0))
     with torch.no_grad():
         err = (y - x0 - obj.model(x0, 0 * ones, ones)).pow(2).sum(1)
     # the focused half (top 50 of 350 candidates) all lies above the plain half's median
     assert err[50:].min() > err[:50].median() and err[50:].mean() > err[:50].mean()
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(ValueError, match="set_bank_conditions"):
         obj._teacher_pairs(torch.zeros(10, 2), torch.zeros(10, 3), None)
 
 
 def test_stored_focus_errors_are_initialised_picked_and_updated():
-    """focus_errors='stored': the bank's errors start as ‖T_k(x0) − x0 − u(x0, 0, 1)‖² of the frozen-time model,
+    """focus_errors='stored': the bank's errors start as ‖T_k(x0) − x0 − u(x0, 0, 1)‖² of the model at freezing,
     the focus half is the top of the candidates by stored error (no forward), and a step overwrites the errors of
     the rows it used with the model's error at that step."""
     obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5, focus_errors="stored")
-    bank_x0, bank_y = obj._teacher_bank(torch.zeros(4, 2))
+    bank_x0, bank_y = obj._teacher_bank(torch.zeros(4, 2))[:2]
     ones = torch.ones(len(bank_x0))
     with torch.no_grad():
         fresh = (bank_y - bank_x0 - obj.model(bank_x0, 0 * ones, ones)).pow(2).sum(1)
@@ -243,7 +243,7 @@ def test_stored_focus_errors_are_initialised_picked_and_updated():
     torch.manual_seed(3)
     cand_draw = torch.randint(2000, (400,))
     torch.manual_seed(3)
-    x0, y, idx = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    x0, y, _, _, idx = obj._teacher_pairs(torch.zeros(100, 2), None, None)
     assert torch.equal(idx[:50], cand_draw[:50])
     assert torch.equal(idx[50:].sort().values, cand_draw[50:].sort().values[-50:])   # the 50 largest of 350
     torch.testing.assert_close(x0, bank_x0[idx], rtol=0, atol=0)
@@ -275,7 +275,7 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     n, k = 40, 10
     x = torch.randn(n, 2, dtype=torch.float64)
     x0_all = torch.randn(n, 2, dtype=torch.float64)
-    pair = (torch.randn(k, 2, dtype=torch.float64), torch.randn(k, 2, dtype=torch.float64), None)
+    pair = (torch.randn(k, 2, dtype=torch.float64), torch.randn(k, 2, dtype=torch.float64), None, None, None)
     t = torch.rand(n - k, dtype=torch.float64)
     r = torch.where(torch.rand(n - k) < 0.5, t, torch.rand(n - k, dtype=torch.float64).maximum(t))
 
@@ -297,7 +297,7 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     x0_all_rest = x0_all[k:]
     ref_obj.model.draw_source = lambda template, cond=None, mask=None, generator=None: x0_all_rest
     cmfm = ref_obj(x[k:]).loss.mean()
-    x0n, y, _ = pair
+    x0n, y = pair[:2]
     ones = torch.ones(k, dtype=torch.float64)
     nll = (y - x0n - net(x0n, 0 * ones, ones)).pow(2).sum(1).mean()
     ref = cmfm + 0.7 * nll
@@ -308,3 +308,41 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="batch_split"):
         _objective(net, lambda_nll=1.0, pairing="self", batch_split=True)        # nll_batch = 1: no L_CMFM rows
+
+
+def test_conditional_teacher_bank_pairs_carry_their_own_conditions():
+    """A bank for conditional data: each pair's x0 is drawn from the guided source of its own condition, its
+    partner is the teacher's transport under that condition, and L_NLL uses the pair's condition, not the batch's."""
+    from rmflow.flow import GuidedSource
+    torch.manual_seed(0)
+    enc = nn.Linear(3, 2)
+    model = RMFlow(MLP(2, hidden=16, depth=1, time_dim=8, cond_dim=3), GuidedSource(enc, sigma_c=0.5))
+    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), lambda_nll=1.0, pairing="teacher",
+                          teacher_steps=2, nll_start_step=1, teacher_bank=300, nll_focus=0.5,
+                          focus_errors="stored", nll_batch=0.5, batch_split=True)
+    obj.set_step(1)
+    obj.freeze_teacher(model)
+    x, c = torch.randn(40, 2), torch.randn(40, 3)
+    with pytest.raises(ValueError, match="set_bank_conditions"):
+        obj(x, c)
+    with pytest.raises(ValueError, match="300"):
+        obj.set_bank_conditions(torch.randn(10, 3), None)
+    bank_c = torch.randn(300, 3) * 3
+    obj.set_bank_conditions(bank_c, None)
+    bank = obj._teacher_bank(x)
+    assert torch.equal(bank.cond, bank_c)
+    with torch.no_grad():
+        eps = (bank.x0 - enc(bank_c)) / 0.5
+        torch.testing.assert_close(bank.y, meanflow(obj.teacher, bank.x0, 2, bank_c).x)
+    assert abs(eps.mean().item()) < 0.1 and abs(eps.std().item() - 1) < 0.1   # x0 ~ φ(c) + σ_c·ε
+    pairs = obj._pair(x[:20], c[:20], None)
+    assert torch.equal(pairs.cond, bank_c[pairs.bank_idx]) and torch.equal(pairs.x0, bank.x0[pairs.bank_idx])
+    seen, calls = [], []
+    pair = obj._pair
+    obj._pair = lambda *a: seen.append(pair(*a)) or seen[-1]
+    hook = model.net.register_forward_hook(lambda m, a, o: calls.append(a[3]) if torch.is_grad_enabled() else None)
+    out = obj(x, c)
+    hook.remove()
+    assert torch.isfinite(out.loss).all() and "nll" in out.stats
+    # the one gradient-carrying forward: the L_CMFM rows with the batch's contexts, then the pairs with their own
+    assert len(calls) == 1 and torch.equal(calls[0][:20], c[20:]) and torch.equal(calls[0][20:], seen[0].cond)

@@ -73,6 +73,21 @@ def test_conditional_training_and_sampling(qm9_arrays, tmp_path, route):
     assert (x * (1 - ref.mask)).abs().max() == 0 and ((x[..., :3] * ref.mask).sum(1)).abs().max() < 1e-4
 
 
+def test_conditional_teacher_bank_with_masks(qm9_arrays, tmp_path):
+    """A teacher bank on molecules: dict conditions and atom masks travel with the bank pairs."""
+    from rmflow.config import apply_overrides, to_dict
+    cfg = make_cfg(tmp_path, condition="alpha", novelty=False)
+    cfg = build_config(apply_overrides(to_dict(cfg), ["rmflow.teacher_bank=32", "rmflow.nll_batch=0.5",
+                                                      "rmflow.batch_split=true"]))
+    trainer = Trainer(cfg, None, task=make_task(cfg, qm9_arrays))
+    losses = trainer.train()
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    bank = trainer.objective._bank
+    assert set(bank.cond) == {"props", "num_atoms"} and bank.mask.shape[0] == 32
+    assert torch.equal(bank.cond["num_atoms"], bank.mask.sum((1, 2)))
+    assert (bank.y * (1 - bank.mask)).abs().max() == 0             # partners live on each pair's own atoms
+
+
 def test_encoder_is_invariant_source_and_depends_on_property():
     from rmflow.tasks.qm9.conditioning import PropertyEncoder
     enc = PropertyEncoder(1, 5, 29, hidden=8)

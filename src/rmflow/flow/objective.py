@@ -25,7 +25,9 @@ Options of the "teacher" pairing; all but the filter leave its minimiser unchang
 function of x0 plus independent noise, so any sampling law of x0 with full support has the same minimiser):
 - `teacher_bank = N`: the teacher's pairs (x0, T_k(x0)) are computed once for N source draws when the teacher
   is frozen (deterministically from `bank_seed`, so resume rebuilds the same bank), instead of k teacher
-  evaluations per step. Unconditional data only.
+  evaluations per step. For conditional or masked data the bank holds N conditions (and masks) of training data
+  too, handed over with `set_bank_conditions`; each pair then carries its own condition into L_NLL. With a guided
+  source the bank's x0 come from φ_ω as it was when the teacher was frozen.
 - `teacher_filter = q`: bank pairs whose partner T_k(x0) lies off the data's support — farther from a reference
   sample of the data than the q-quantile of the data's own nearest-neighbour distances — are dropped. This one
   *does* change the target: the teacher's own bridge mass between modes is not copied (docs/METHOD.md §4c).
@@ -50,6 +52,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -68,6 +71,16 @@ class ObjectiveOutput:
     loss: torch.Tensor                       # (B,) per-sample L_CMFM + the batch means of the other terms;
     #                                          the trainer takes its mean
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars for logging
+
+
+class Pairs(NamedTuple):
+    """Likelihood pairs: x0, y (k, *D); their condition and mask rows (or None); bank_idx (k,) when they come
+    from the teacher bank with stored focus errors, else None."""
+    x0: torch.Tensor
+    y: torch.Tensor
+    cond: object = None
+    mask: torch.Tensor | None = None
+    bank_idx: torch.Tensor | None = None
 
 
 class RMFlowObjective(nn.Module):
@@ -99,7 +112,8 @@ class RMFlowObjective(nn.Module):
         if teacher_bank < 0 or not 0 <= nll_focus < 1:
             raise ValueError("need teacher_bank >= 0 and 0 <= nll_focus < 1")
         self.teacher_bank, self.nll_focus, self.bank_seed = int(teacher_bank), float(nll_focus), int(bank_seed)
-        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bank: Pairs | None = None            # the teacher bank (x0, T_k(x0), cond, mask)
+        self._bank_conditions: tuple | None = None  # (cond, mask) rows of training data for a conditional bank
         if not 0 <= teacher_filter < 1 or (teacher_filter and not teacher_bank):
             raise ValueError("teacher_filter must be in [0, 1) and needs teacher_bank > 0")
         self.teacher_filter = float(teacher_filter)
@@ -146,31 +160,47 @@ class RMFlowObjective(nn.Module):
         self._filter_ref = data.detach()
         self._bank = self._bank_err = None
 
+    def set_bank_conditions(self, cond, mask) -> None:
+        """cond, mask: `teacher_bank` rows of training-data conditions and masks (None where the data have none),
+        the conditions of a conditional teacher bank."""
+        if cond is None and mask is None:
+            self._bank_conditions = None
+            return
+        rows = len(mask if cond is None else (next(iter(cond.values())) if isinstance(cond, dict) else cond))
+        if rows != self.teacher_bank:
+            raise ValueError(f"set_bank_conditions: got {rows} rows, the bank has teacher_bank = {self.teacher_bank}")
+        if self.teacher_filter:
+            raise ValueError("teacher_filter compares partners with unconditional data: it needs an unconditional bank")
+        self._bank_conditions = (cond, mask)
+        self._bank = self._bank_err = None
+
     @property
     def bank_kept(self) -> float:
         """Share of the teacher bank that passed `teacher_filter` (1.0 before the bank is built)."""
-        return 1.0 if self._bank is None else len(self._bank[0]) / self.teacher_bank
+        return 1.0 if self._bank is None else len(self._bank.x0) / self.teacher_bank
 
     @torch.no_grad()
-    def _teacher_bank(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, T_k(x0)) for `teacher_bank` source draws, built once per frozen teacher."""
+    def _teacher_bank(self, like: torch.Tensor) -> Pairs:
+        """(x0, T_k(x0), cond, mask) for `teacher_bank` source draws, built once per frozen teacher."""
         if self._bank is None:
+            cond, mask = self._bank_conditions or (None, None)
             gen = torch.Generator(device=like.device).manual_seed(self.bank_seed)
             template = like.new_zeros((self.teacher_bank, *like.shape[1:]))
-            x0 = self.model.draw_source(template, None, None, gen)
-            y = torch.cat([samplers.meanflow(self.teacher, chunk, self.teacher_steps).x
-                           for chunk in x0.split(8192)])
+            x0 = self.model.draw_source(template, cond, mask, gen)
+            chunks = [slice(i, i + 8192) for i in range(0, len(x0), 8192)]
+            y = torch.cat([samplers.meanflow(self.teacher, x0[c], self.teacher_steps, cond_rows(cond, c),
+                                             cond_rows(mask, c)).x for c in chunks])
             if self.teacher_filter:
                 if self._filter_ref is None:
                     raise RuntimeError("teacher_filter: call set_filter_reference(data) before the likelihood stage")
                 keep = data_support_mask(y, self._filter_ref.to(y.device), self.teacher_filter)
                 x0, y = x0[keep], y[keep]
-            self._bank = (x0, y)
+            self._bank = Pairs(x0, y, cond, mask)
             if self._restored_err is not None and len(self._restored_err) == len(x0):
                 self._bank_err, self._restored_err = self._restored_err, None
             elif self.focus_errors == "stored":
-                self._bank_err = torch.cat([self._one_step_error(a, b)
-                                            for a, b in zip(x0.split(8192), y.split(8192))])
+                self._bank_err = torch.cat([self._one_step_error(x0[c], y[c], None, cond_rows(cond, c),
+                                                                 cond_rows(mask, c)) for c in chunks])
         return self._bank
 
     @property
@@ -183,22 +213,23 @@ class RMFlowObjective(nn.Module):
     def focus_state(self, errors: torch.Tensor) -> None:
         self._restored_err, self._bank = errors, None
 
-    def _one_step_error(self, x0: torch.Tensor, partner: torch.Tensor, x_hat: torch.Tensor | None = None):
+    def _one_step_error(self, x0: torch.Tensor, partner: torch.Tensor, x_hat: torch.Tensor | None = None,
+                        cond=None, mask=None) -> torch.Tensor:
         """(N,) ‖partner − x̂1‖², x̂1 = x0 + u_θ(x0, 0, 1) (computed here unless given), without a graph."""
         with torch.no_grad():
             if x_hat is None:
                 ones = x0.new_ones(len(x0))
-                x_hat = x0 + self.model(x0, 0 * ones, ones)
-            return (partner - x_hat.detach()).flatten(1).pow(2).sum(1)
+                x_hat = x0 + self.model(x0, 0 * ones, ones, cond, mask)
+            return masked_sq_norm(partner - x_hat.detach(), mask)
 
     # -- the loss --------------------------------------------------------------------------------------------
-    def _pair(self, x_data, cond, mask):
-        """(x0, y, bank_idx) for L_NLL according to the pairing; y already carries the σ_min noise; bank_idx:
-        the bank rows used when their errors are stored ("stored" focus), else None."""
+    def _pair(self, x_data, cond, mask) -> Pairs:
+        """The L_NLL pairs for the rows x_data (k, *D) according to the pairing; y already carries the σ_min
+        noise. Bank pairs bring their own conditions; the others take the rows' cond and mask."""
         space = self.model.space
         if self.pairing == "teacher" and (self.teacher_bank or self.nll_focus):
-            x0, partner, idx = self._teacher_pairs(x_data, cond, mask)
-            return x0, partner + self.sigma_min * space.randn_like(x_data, mask), idx
+            p = self._teacher_pairs(x_data, cond, mask)
+            return p._replace(y=p.y + self.sigma_min * space.randn_like(p.y, p.mask))
         x0 = self.model.draw_source(x_data, cond, mask)
         partner = x_data
         if self.pairing == "minibatch_ot":
@@ -214,35 +245,38 @@ class RMFlowObjective(nn.Module):
             with torch.no_grad():
                 partner = samplers.meanflow(transport, x0, self.teacher_steps, cond, mask).x
         y = partner + self.sigma_min * space.randn_like(x_data, mask)
-        return x0, y, None
+        return Pairs(x0, y, cond, mask)
 
     @torch.no_grad()
-    def _teacher_pairs(self, x_data, cond, mask):
-        """(x0, T_k(x0), bank_idx): teacher pairs drawn from the bank and/or focused on the hardest of 4·B candidates
-        (unconditional); bank_idx (B,) with stored focus errors, else None."""
-        if cond is not None or mask is not None:
-            raise ValueError("rmflow.teacher_bank and rmflow.nll_focus need unconditional, unmasked data; "
-                             "set them to 0")
+    def _teacher_pairs(self, x_data, cond, mask) -> Pairs:
+        """Teacher pairs (noise-free y = T_k(x0)) drawn from the bank and/or focused on the hardest of 4·B
+        candidates; without a bank, unconditional data only."""
         b = x_data.shape[0]
         pool = 4 * b if self.nll_focus else b
         if self.teacher_bank:
-            bank_x0, bank_y = self._teacher_bank(x_data)
-            idx = torch.randint(len(bank_x0), (pool,), device=x_data.device)
+            if (cond is not None or mask is not None) and self._bank_conditions is None:
+                raise ValueError("a teacher bank for conditional or masked data needs their conditions: call "
+                                 "set_bank_conditions(cond, mask) (the trainer does) before the likelihood stage")
+            bank = self._teacher_bank(x_data)
+            idx = torch.randint(len(bank.x0), (pool,), device=x_data.device)
             if self._bank_err is not None:  # stored errors: pick the focus rows without any forward
                 n_hard = int(round(self.nll_focus * b))
                 cand = idx[b - n_hard:]
                 idx = torch.cat([idx[:b - n_hard], cand[self._bank_err[cand].topk(n_hard).indices]])
-                return bank_x0[idx], bank_y[idx], idx
-            x0, y = bank_x0[idx], bank_y[idx]
+                return Pairs(bank.x0[idx], bank.y[idx], cond_rows(bank.cond, idx), cond_rows(bank.mask, idx), idx)
+            p = Pairs(bank.x0[idx], bank.y[idx], cond_rows(bank.cond, idx), cond_rows(bank.mask, idx))
         else:
+            if cond is not None or mask is not None:
+                raise ValueError("rmflow.nll_focus without rmflow.teacher_bank needs unconditional, unmasked data")
             x0 = self.model.draw_source(x_data.new_zeros((pool, *x_data.shape[1:])))
-            y = samplers.meanflow(self.teacher, x0, self.teacher_steps).x
+            p = Pairs(x0, samplers.meanflow(self.teacher, x0, self.teacher_steps).x)
         if self.nll_focus:
             n_hard = int(round(self.nll_focus * b))
-            err = self._one_step_error(x0[b - n_hard:], y[b - n_hard:])
-            keep = torch.cat([torch.arange(b - n_hard, device=x0.device), err.topk(n_hard).indices + b - n_hard])
-            x0, y = x0[keep], y[keep]
-        return x0, y, None
+            hard = slice(b - n_hard, None)
+            err = self._one_step_error(p.x0[hard], p.y[hard], None, cond_rows(p.cond, hard), cond_rows(p.mask, hard))
+            keep = torch.cat([torch.arange(b - n_hard, device=p.x0.device), err.topk(n_hard).indices + b - n_hard])
+            p = Pairs(p.x0[keep], p.y[keep], cond_rows(p.cond, keep), cond_rows(p.mask, keep))
+        return p
 
     def forward(self, x_data: torch.Tensor, cond=None, mask=None) -> ObjectiveOutput:
         """x_data: (B, *D) clean data; cond: the condition (task-defined) or None; mask: real entries."""
@@ -258,7 +292,7 @@ class RMFlowObjective(nn.Module):
         k = math.ceil(self.nll_batch * n)
         xk, ck, mk = x_data[:k], cond_rows(cond, slice(k)), cond_rows(mask, slice(k))
         with torch.autocast(x_data.device.type, enabled=False):  # the partner stays in float32
-            x0n, y, bank_idx = self._pair(xk, ck, mk)
+            x0n, y, ck, mk, bank_idx = self._pair(xk, ck, mk)
         ones, zeros = x0n.new_ones(k), x0n.new_zeros(k)
         if self.batch_split:   # rows k.. carry L_CMFM, rows ..k L_NLL: one forward of n rows evaluates both
             rest = slice(k, None)
@@ -270,13 +304,13 @@ class RMFlowObjective(nn.Module):
             x_hat = x0n + model(x0n, zeros, ones, ck, mk)
         stats = self._cmfm_stats(out)
         if bank_idx is not None:
-            self._bank_err[bank_idx] = self._one_step_error(x0n, self._bank[1][bank_idx], x_hat)
+            self._bank_err[bank_idx] = self._one_step_error(x0n, self._bank.y[bank_idx], x_hat, mask=mk)
         nll = masked_sq_norm(y - x_hat, mk)
         terms = self.lambda_nll * nll      # (k,) the likelihood terms of each pair
         stats["nll"] = nll.detach().mean()
         if getattr(model.refiner, "learned", False):
             scale = model.refiner(k, ck)
-            terms = terms + scale_nll(nll.detach(), scale, space.dof(xk, mk))
+            terms = terms + scale_nll(nll.detach(), scale, space.dof(x0n, mk))
             stats["refine_scale"] = scale.detach().mean()
         if getattr(model.refiner, "mixture", False):
             mix = model.refiner.nll(x0n, x_hat, y)

@@ -67,6 +67,14 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 1_000_003)
                 self.objective.set_filter_reference(self.task.batch(cfg.rmflow.filter_reference).x.to(self.device))
+        rm = cfg.rmflow
+        if rm.teacher_bank > 0 and rm.pairing == "teacher" and rm.lambda_nll > 0:  # conditions of a conditional bank
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 2_000_003)
+                sample = self.task.batch(rm.teacher_bank)
+            if sample.cond is not None or sample.mask is not None:
+                self.objective.set_bank_conditions(to_device(sample.cond, self.device),
+                                                   to_device(sample.mask, self.device))
         self.loss_module = prepare_loss_module(self.objective, self.device, self.dist, cfg.train.precision,
                                                cfg.train.compile)  # [autocast ->] [DDP ->] [compile]
         self.ema = EMA(self.model, cfg.train.ema_decay,
