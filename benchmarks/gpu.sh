@@ -29,7 +29,8 @@ stage ring-lean 150 $PY -m rmflow bench ring train.device=$DEV $DEFAULT --method
     --variant stored=rmflow.focus_errors=stored --variant split50=$SPLIT \
     --variant stored_split50=rmflow.focus_errors=stored,$SPLIT --steps 20 --rounds 5 --nfe 1 --sample-batch 65536
 stage lorenz-lean 120 $PY -m rmflow bench lorenz train.device=$DEV --methods meanflow rmflow \
-    --variant split50=$SPLIT --variant self_split50=rmflow.pairing=self,$SPLIT --steps 10 --rounds 5 --nfe 1 \
+    --variant split50=$SPLIT --variant bank_split50=rmflow.teacher_bank=16384,$SPLIT \
+    --variant self_split50=rmflow.pairing=self,$SPLIT --steps 10 --rounds 5 --nfe 1 \
     --sample-batch 1024 --no-memory
 stage ring-eager 100 $PY -m rmflow bench ring train.device=$DEV $MIX --methods fm meanflow rmflow rmflow_indep \
     --steps 20 --rounds 3 --sample-batch 65536
