@@ -271,19 +271,20 @@ def sampler_throughput(model, task, batch_size: int, nfes: list[int], repeats: i
 def run_benchmark(base: dict, methods=DEFAULT_METHODS, steps: int = 10, rounds: int = 3, warmup: int = 2,
                   compile_mode: str = "off", precision: str | None = None, nfes=(1, 8, 32, 100),
                   sample_batch: int | None = None, sample_repeats: int = 3, memory: bool = True,
-                  log=print, variants: dict[str, list[str]] | None = None) -> dict:
+                  log=print, variant_keys: dict[str, list[str]] | None = None) -> dict:
     """Measure everything in one process; returns a JSON-able dict (also printed as tables by `report`).
-    `variants`: {name: [key=value, ...]}, RMFlow steps with extra config keys, timed like the methods."""
+    `variant_keys`: {name: [key=value, ...]}, RMFlow steps with extra config keys, timed like the methods."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown bench method {m!r}; choose from {METHODS}")
-    for name in variants or {}:
+    variant_keys = variant_keys or {}
+    for name in variant_keys:
         if name in METHODS:
             raise ValueError(f"bench variant name {name!r} is a method name; choose another")
     if compile_mode not in ("off", "on", "both"):
         raise ValueError("--compile must be off, on or both")
     flags = {"off": [False], "on": [True], "both": [False, True]}[compile_mode]
-    rows = [(m, (), None) for m in methods] + [("rmflow", tuple(keys), name) for name, keys in (variants or {}).items()]
+    rows = [(m, (), None) for m in methods] + [("rmflow", tuple(keys), name) for name, keys in variant_keys.items()]
     variants = []
     for c in flags:
         for m, keys, name in rows:
@@ -422,7 +423,7 @@ def run_bench(args) -> dict:
     base.pop("compare", None)
     res = run_benchmark(base, args.methods, args.steps, args.rounds, args.warmup, args.compile_mode,
                         args.precision, args.nfe, args.sample_batch, args.sample_repeats, not args.no_memory,
-                        variants=parse_variants(args.variant))
+                        variant_keys=parse_variants(args.variant))
     print(report(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -31,7 +31,7 @@ def draw_samples(model, reference: Batch, spec: str, seed: int, batch_size: int 
         sl = slice(i, i + batch_size)
         template = reference.x[sl].to(device)
         cond = to_device(cond_rows(reference.cond, sl), device)
-        mask = to_device(None if reference.mask is None else reference.mask[sl], device)
+        mask = to_device(cond_rows(reference.mask, sl), device)
         x0 = model.draw_source(template, cond, mask, gen)
         t0 = time.perf_counter()
         res = sample(model, x0, name, steps, cond, mask, gen)

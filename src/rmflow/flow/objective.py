@@ -259,12 +259,15 @@ class RMFlowObjective(nn.Module):
                                  "set_bank_conditions(cond, mask) (the trainer does) before the likelihood stage")
             bank = self._teacher_bank(x_data)
             idx = torch.randint(len(bank.x0), (pool,), device=x_data.device)
-            if self._bank_err is not None:  # stored errors: pick the focus rows without any forward
+            stored = self._bank_err is not None
+            if stored:  # stored errors: pick the focus rows without any forward
                 n_hard = int(round(self.nll_focus * b))
                 cand = idx[b - n_hard:]
                 idx = torch.cat([idx[:b - n_hard], cand[self._bank_err[cand].topk(n_hard).indices]])
-                return Pairs(bank.x0[idx], bank.y[idx], cond_rows(bank.cond, idx), cond_rows(bank.mask, idx), idx)
-            p = Pairs(bank.x0[idx], bank.y[idx], cond_rows(bank.cond, idx), cond_rows(bank.mask, idx))
+            p = Pairs(bank.x0[idx], bank.y[idx], cond_rows(bank.cond, idx), cond_rows(bank.mask, idx),
+                      idx if stored else None)
+            if stored:
+                return p
         else:
             if cond is not None or mask is not None:
                 raise ValueError("rmflow.nll_focus without rmflow.teacher_bank needs unconditional, unmasked data")
