@@ -1,0 +1,128 @@
+"""Golden values recorded with the code of commit 33c815f, before the objective refactor (issue 14): the per-step
+losses and 1-NFE samples of tiny runs of every pairing and of the cheap likelihood step on molecules, series and
+a LoRA stage 2. The refactor must leave them bit for bit unchanged (torch.equal, one CPU thread).
+
+    python tests/test_golden.py --write      # re-record (only when a change of behaviour is intended)
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmflow.config import apply_overrides, build_config, read_yaml
+from rmflow.evaluate import draw_samples
+from rmflow.train.lora import trainer_class
+
+GOLDEN = Path(__file__).parent / "golden"
+TINY_RING = ["model.hidden=32", "model.depth=2", "train.batch_size=64", "train.progress=false",
+             "train.warmup_steps=3", "train.steps=50", "rmflow.nll_start_step=25", "rmflow.teacher_bank=2048",
+             "rmflow.filter_reference=500", "train.ema_decay=0.9"]
+RING_DEFAULT = ["rmflow.refine=mixture", "rmflow.teacher_steps=8", "rmflow.mixture_components=4",
+                "rmflow.sigma_min=0.03", "rmflow.teacher_filter=0.99"]
+
+
+def _ring(*extra):
+    data = read_yaml("ring")
+    data.pop("compare")
+    return build_config(apply_overrides(data, TINY_RING + list(extra)))
+
+
+def _qm9(tmp):
+    return build_config({
+        "name": "t", "task": {"name": "qm9", "max_train": 300, "cache": str(tmp), "condition": "alpha",
+                              "novelty": False},
+        "model": {"hidden": 8, "layers": 2, "time_dim": 8, "edge_mlp": False, "encoder_hidden": 8},
+        "rmflow": {"lambda_nll": 0.02, "sigma_min": 0.01, "pairing": "teacher", "teacher_steps": 2,
+                   "nll_start_step": 2, "sigma_c": 1.0, "lambda_enc": 1e-3, "teacher_bank": 32, "nll_batch": 0.5,
+                   "batch_split": True},
+        "train": {"steps": 5, "batch_size": 4, "progress": False, "warmup_steps": 0},
+        "eval": {"num_samples": 6}})
+
+
+def _lorenz(tmp):
+    return build_config({
+        "task": {"name": "dynamics", "system": "lorenz", "train_traj": 2, "valid_traj": 0, "test_traj": 1,
+                 "traj_len": 120, "window_len": 24, "context_len": 8, "ensemble": 4, "cache_dir": str(tmp),
+                 "transient": 2.0},
+        "model": {"width": 8, "mults": [1, 2], "attention": True, "heads": 2},
+        "rmflow": {"lambda_nll": 0.1, "pairing": "teacher", "teacher_steps": 2, "nll_start_step": 2,
+                   "sigma_min": 0.05, "sigma_c": 0.5, "lambda_enc": 1e-3, "teacher_bank": 64, "nll_focus": 0.5,
+                   "focus_errors": "stored", "nll_batch": 0.5, "batch_split": True},
+        "train": {"steps": 5, "batch_size": 8, "progress": False, "warmup_steps": 1},
+        "eval": {"num_samples": 16}})
+
+
+def _lora(tmp):
+    return build_config({
+        "name": "t", "out_dir": str(tmp / "runs"),
+        "task": {"name": "text2image", "dataset": "digits", "image_size": 8, "classifier_steps": 30,
+                 "cache_dir": str(tmp / "cache")},
+        "model": {"channels": 8, "channel_mult": [1, 2], "heads": 2, "num_tokens": 2, "encoder_hidden": 16,
+                  "lora": {"rank": 2, "alpha": 4.0, "lr": 1e-2}},
+        "flow": {"time": {"ratio_neq": 0.5}},
+        "rmflow": {"lambda_nll": 0.5, "lambda_enc": 1e-3, "sigma_min": 0.05, "sigma_c": 1.0, "pairing": "teacher",
+                   "teacher_steps": 2, "nll_start_step": 2},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 0, "ema_decay": 0.5, "progress": False},
+        "eval": {"num_samples": 12}})
+
+
+CASES = {
+    "ring_default": (lambda tmp: _ring(*RING_DEFAULT), None),
+    "ring_rmflow_fixed": (lambda tmp: _ring("rmflow.nll_focus=0.5"), None),
+    "ring_rmflow_paper": (lambda tmp: _ring("rmflow.pairing=independent", "rmflow.teacher_bank=0",
+                                            "rmflow.nll_focus=0"), None),
+    "ring_minibatch_ot": (lambda tmp: _ring("rmflow.pairing=minibatch_ot", "rmflow.teacher_bank=0",
+                                            "rmflow.nll_focus=0", "flow.coupling=minibatch_ot"), None),
+    "ring_self": (lambda tmp: _ring("rmflow.pairing=self", "rmflow.teacher_bank=0", "rmflow.nll_focus=0",
+                                    "rmflow.teacher_steps=2", "rmflow.refine=learned"), None),
+    "ring_inverse_split": (lambda tmp: _ring("rmflow.pairing=inverse", "rmflow.teacher_bank=0", "rmflow.nll_focus=0",
+                                             "rmflow.nll_batch=0.5", "rmflow.batch_split=true"), None),
+    "ring_teacher_fresh_focus": (lambda tmp: _ring("rmflow.teacher_bank=0", "rmflow.teacher_steps=4"), None),
+    "qm9_bank_split": (_qm9, "rdkit"),
+    "lorenz_bank_split": (_lorenz, "scoringrules"),
+    "lora_stage2": (_lora, "peft"),
+}
+
+
+def run_case(name: str, tmp: Path) -> dict[str, torch.Tensor]:
+    build, _ = CASES[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = build(tmp)
+        trainer = trainer_class(cfg)(cfg)
+        losses = torch.tensor(trainer.train(), dtype=torch.float64)
+        reference = trainer.task.reference(16, seed=10_001)
+        samples = draw_samples(trainer.ema.shadow, reference, "rmflow", seed=3)[0]
+    finally:
+        torch.set_num_threads(threads)
+    return {"losses": losses, "samples": samples.detach().float().contiguous()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_golden_unchanged(name, tmp_path):
+    needs = CASES[name][1]
+    if needs and importlib.util.find_spec(needs) is None:
+        pytest.skip(f"{needs} is not installed")
+    from safetensors.torch import load_file
+    want = load_file(str(GOLDEN / f"{name}.safetensors"))
+    got = run_case(name, tmp_path)
+    assert got["losses"].shape == want["losses"].shape
+    assert torch.equal(got["losses"], want["losses"]), (got["losses"] - want["losses"]).abs().max()
+    assert torch.equal(got["samples"], want["samples"]), (got["samples"] - want["samples"]).abs().max()
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    import tempfile
+
+    from safetensors.torch import save_file
+    GOLDEN.mkdir(exist_ok=True)
+    for case in sys.argv[sys.argv.index("--write") + 1:] or CASES:
+        with tempfile.TemporaryDirectory() as d:
+            out = run_case(case, Path(d))
+        save_file(out, str(GOLDEN / f"{case}.safetensors"))
+        print(case, out["losses"][:3].tolist(), out["samples"].flatten()[:3].tolist())
