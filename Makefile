@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(RMFLOW) run ring-demo
+	$(RMFLOW) compare ring-demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

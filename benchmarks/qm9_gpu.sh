@@ -8,7 +8,7 @@
 #                 meanflow ─┬─ rmflow ──────────────────┤
 #                           └─ meanflow_long ───────────┘
 #   PHASE=score   each method scored in its own process (rows cached in its run folder's evals.json), then one
-#                 `rmflow run` collects the cached rows, scores the data row and draws the figure.
+#                 `rmflow compare` collects the cached rows, scores the data row and draws the figure.
 #   PHASE=all     both (default).
 #
 # Measured on an H200 (docs/results/qm9.md §5d), with the four processes sharing the card: MeanFlow ~12 steps/s,
@@ -30,7 +30,7 @@ DEV=${DEV:-cuda}
 PHASE=${PHASE:-all}
 CONFIG=${CONFIG:-qm9-alpha}
 CLS_ARGS=${CLS_ARGS:---steps 8000}
-RUN="$PY -m rmflow run $CONFIG out_dir=$OUT/runs train.progress=false train.device=$DEV $*"
+RUN="$PY -m rmflow compare $CONFIG out_dir=$OUT/runs train.progress=false train.device=$DEV $*"
 t0=$SECONDS
 stamp() { echo "[$((SECONDS - t0))s] $*"; }
 stage() {  # stage NAME SECONDS CMD...: run under a time limit, log to $OUT/NAME.log; never aborts the script

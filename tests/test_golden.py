@@ -84,7 +84,7 @@ CASES = {
     "ring_rmflow_paper": (lambda tmp: _ring("rmflow.pairing=independent", "rmflow.teacher_bank=0",
                                             "rmflow.nll_focus=0"), None),
     "ring_minibatch_ot": (lambda tmp: _ring("rmflow.pairing=minibatch_ot", "rmflow.teacher_bank=0",
-                                            "rmflow.nll_focus=0", "flow.coupling=minibatch_ot"), None),
+                                            "rmflow.nll_focus=0", "flow.path_coupling=minibatch_ot"), None),
     "ring_self": (lambda tmp: _ring("rmflow.pairing=self", "rmflow.teacher_bank=0", "rmflow.nll_focus=0",
                                     "rmflow.teacher_steps=2", "rmflow.refine=learned"), None),
     "ring_inverse_split": (lambda tmp: _ring("rmflow.pairing=inverse", "rmflow.teacher_bank=0", "rmflow.nll_focus=0",

@@ -3,10 +3,10 @@ run, for the config's task and default network. It prints ratios (absolute times
 
 Methods (each a full Trainer.train_step: data, loss, backward, clipping, AdamW, EMA):
 
-    fm            plain flow matching: ‖u(x_t, t, t) - v‖², one forward + backward, no JVP
-    fm_cmfm       flow matching as the presets train it: L_CMFM with r = t everywhere (the JVP still runs)
+    fm            flow matching: L_CMFM with r = t everywhere (flow.time.ratio_neq = 0): one forward + backward,
+                  no JVP
     meanflow      L_CMFM (no-grad JVP + forward + backward), the config's time sampler
-    meanflow_sub  as meanflow, the JVP evaluated only on the rows with r != t (same loss; a proposed speed-up)
+    meanflow_sub  as meanflow, the JVP evaluated only on the rows with r != t (flow.jvp_subset: the same loss)
     rmflow        L_CMFM + λ1·L_NLL with the config's pairing (teacher: k no-grad teacher forwards per step)
     rmflow_bank   pairing teacher with a precomputed bank of teacher pairs (rmflow.teacher_bank; built in warm-up)
     rmflow_ot     pairing minibatch_ot;  rmflow_indep: pairing independent
@@ -29,75 +29,15 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .config import Config, apply_overrides, build_config, read_yaml
-from .flow import CMFMLoss, masked_sq_norm, mean_velocity_time_derivative, sample, unwrap
-from .flow.objective import ObjectiveOutput
-from .flow.path import LinearPath, expand_time
+from .flow import sample, to_device
 
-METHODS = ("fm", "fm_cmfm", "meanflow", "meanflow_sub", "rmflow", "rmflow_bank", "rmflow_ot", "rmflow_indep")
+METHODS = ("fm", "meanflow", "meanflow_sub", "rmflow", "rmflow_bank", "rmflow_ot", "rmflow_indep")
 DEFAULT_METHODS = METHODS
 BANK_SIZE = 16384   # rmflow_bank's teacher_bank when the config sets none
-
-
-# -------------------------------------------------------------------------------------------- loss variants
-class FlowMatchingLoss(nn.Module):
-    """Plain conditional flow matching, per sample: ‖u_θ(x_t, t, t) - (x1 - x0)‖², t ~ the config's time law,
-    x_t = (1 - t)·x0 + t·x1. One network forward with gradients; no JVP."""
-
-    def __init__(self, model, time_sampler, sigma: float = 0.0):
-        super().__init__()
-        self.model, self.times, self.sigma = model, time_sampler, float(sigma)
-        self.path = LinearPath()
-        self.teacher = None
-
-    def set_step(self, step: int) -> None:
-        pass
-
-    def forward(self, x_data, cond=None, mask=None) -> ObjectiveOutput:
-        model, space = self.model, self.model.space
-        x1 = x_data + self.sigma * space.randn_like(x_data, mask) if self.sigma > 0 else x_data
-        x0 = model.draw_source(x_data, cond, mask)
-        t, _ = self.times.sample(x0.shape[0], device=x0.device)
-        point = self.path.sample(x0, x1, t)
-        u = model(point.x_t, t, t, cond, mask)
-        loss = masked_sq_norm(u.float() - point.velocity.float(), mask)
-        return ObjectiveOutput(loss, {"fm": loss.detach().mean(), "dudt_norm_max": loss.new_zeros(())})
-
-
-def _rows(value, idx: torch.Tensor, batch: int):
-    """value[idx] for a per-sample tensor, each entry of a dict, or value itself (None / broadcast tensors)."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {k: _rows(v, idx, batch) for k, v in value.items()}
-    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
-        return value[idx]
-    return value
-
-
-class SubsetJVPCMFMLoss(CMFMLoss):
-    """L_CMFM with du/dt computed only on the rows where r != t. The target v + (r - t)·du/dt equals v on the other
-    rows whatever du/dt is, so the loss is unchanged; the JVP shrinks to a `ratio_neq` share of the batch."""
-
-    def target(self, net, x_t, t, r, v, cond=None, mask=None):
-        dudt = torch.zeros_like(v)
-        idx = (r != t).nonzero().squeeze(1)
-        if idx.numel():
-            b = x_t.shape[0]
-            _, d = mean_velocity_time_derivative(unwrap(net), x_t[idx], t[idx], r[idx], v[idx],
-                                                 _rows(cond, idx, b), _rows(mask, idx, b), self.jvp_backend)
-            dudt = dudt.index_copy(0, idx, d)
-        return (v + expand_time(r - t, v) * dudt).detach(), dudt
-
-
-def _subset_jvp(cmfm: CMFMLoss) -> SubsetJVPCMFMLoss:
-    out = SubsetJVPCMFMLoss.__new__(SubsetJVPCMFMLoss)
-    out.__dict__.update(cmfm.__dict__)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- peak memory
@@ -140,7 +80,6 @@ def _sync(device: torch.device) -> None:
 def _loss_and_backward(trainer) -> None:
     """The part of a training step that differs between methods: batch, loss forward, backward (into fresh
     gradients). The optimiser update, identical for all methods, is left out."""
-    from .train.trainer import to_device
     trainer.objective.set_step(trainer.step)
     batch = trainer.task.batch(trainer.cfg.train.batch_size)
     dev = trainer.device
@@ -186,10 +125,10 @@ class Variant:
 def method_overrides(method: str, cfg: Config) -> list[str]:
     rm = cfg.rmflow
     lam = rm.lambda_nll if rm.lambda_nll > 0 else 0.1
-    if method in ("fm", "fm_cmfm"):
+    if method == "fm":
         return ["rmflow.lambda_nll=0", "flow.time.ratio_neq=0", "flow.time.ratio_one_step=0"]
     if method in ("meanflow", "meanflow_sub"):
-        return ["rmflow.lambda_nll=0"]
+        return ["rmflow.lambda_nll=0", f"flow.jvp_subset={str(method == 'meanflow_sub').lower()}"]
     pairing = {"rmflow": rm.pairing, "rmflow_bank": "teacher", "rmflow_ot": "minibatch_ot",
                "rmflow_indep": "independent"}[method]
     start = max(rm.nll_start_step, 1) if pairing == "teacher" else 0
@@ -207,22 +146,14 @@ def build_variant(base: dict, method: str, compiled: bool, precision: str | None
     --variant). `task` is shared between variants (the methods differ only in flow/rmflow/train keys, which the
     task's data and network do not depend on), so data loading happens once."""
     from .train import Trainer
-    from .train.distributed import prepare_loss_module
     cfg0 = build_config(base)
     extra = method_overrides(method, cfg0) + list(extra_keys) + [f"train.compile={str(compiled).lower()}"]
     if precision:
         extra.append(f"train.precision={precision}")
     cfg = build_config(apply_overrides(json.loads(json.dumps(base)), extra))
     trainer = Trainer(cfg, task=task)
-    if method == "fm":
-        fm = FlowMatchingLoss(trainer.model, trainer.objective.cmfm.times, cfg.flow.sigma).to(trainer.device)
-        trainer.objective = fm
-        trainer.loss_module = prepare_loss_module(fm, trainer.device, trainer.dist, cfg.train.precision,
-                                                  cfg.train.compile)
-    elif method == "meanflow_sub":
-        trainer.objective.cmfm = _subset_jvp(trainer.objective.cmfm)
-    if method.startswith("rmflow"):
-        trainer.step = cfg.rmflow.nll_start_step   # start inside the likelihood stage (teacher frozen at once)
+    if method.startswith("rmflow"):   # the first timed step is the stage boundary: the likelihood stage throughout
+        trainer.step = cfg.rmflow.nll_start_step
     return Variant(name or method, compiled, trainer)
 
 
@@ -242,7 +173,6 @@ def sampler_throughput(model, task, batch_size: int, nfes: list[int], repeats: i
     """samples/s of MeanFlow k-NFE for k in nfes, RMFlow 1-NFE and FM Euler 100 NFE, at batch_size."""
     specs = [("meanflow", k) for k in nfes] + [("rmflow", 1), ("fm", 100)]
     batch = task.batch(batch_size)
-    from .train.trainer import to_device
     x = batch.x.to(device)
     cond, mask = to_device(batch.cond, device), to_device(batch.mask, device)
     model.eval()
@@ -354,7 +284,6 @@ def ratios(steps: list[dict], samplers: list[dict]) -> dict[str, float]:
                 r(m, "meanflow")
         r("meanflow", "fm")
         r("meanflow_sub", "fm")
-        r("fm_cmfm", "fm")
         r("meanflow_sub", "meanflow")
     for (m, c), v in t.items():
         if c and (m, False) in t:
@@ -389,7 +318,8 @@ def report(res: dict) -> str:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML path or preset name (its task's default network is benchmarked)")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.batch_size=256 train.num_threads=1")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compilation happens here)")
@@ -421,7 +351,7 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
 def run_bench(args) -> dict:
     base = apply_overrides(read_yaml(args.config), list(args.overrides) + ["train.progress=false"])
     base.pop("compare", None)
-    res = run_benchmark(base, args.methods, args.steps, args.rounds, args.warmup, args.compile_mode,
+    res = run_benchmark(base, [m for m in args.methods.split(",") if m], args.steps, args.rounds, args.warmup, args.compile_mode,
                         args.precision, args.nfe, args.sample_batch, args.sample_repeats, not args.no_memory,
                         variant_keys=parse_variants(args.variant))
     print(report(res))

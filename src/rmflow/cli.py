@@ -1,7 +1,7 @@
 """The `rmflow` command.
 
-    rmflow run CONFIG [key=value ...]             train + evaluate every method of the config's `compare` section
-                                                  (--methods a,b: a subset; --train-only: no scoring)
+    rmflow compare CONFIG [key=value ...]         train + evaluate every method of the config's `compare` section
+                                                  (--methods a,b: a subset; --train-only: no scoring); alias `run`
     rmflow train CONFIG [key=value ...]           train one model (resumes if the run folder has checkpoints)
     rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run
     rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run
@@ -24,27 +24,22 @@ import numpy as np
 
 
 def _load_run(run_dir: str):
-    from .config import load_config
-    from .train import Trainer
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise SystemExit(f"error: {run_dir} is not a run folder (no config.yaml)")
-    trainer = Trainer(load_config(str(path)))
-    trainer.run_dir = Path(run_dir)
-    if not trainer.resume():
-        raise SystemExit(f"error: {run_dir} has no checkpoint")
-    return trainer
+    from .train.build import load_run
+    try:
+        return load_run(run_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rmflow", description="Refined Mean Flow: one-step generation")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train and compare the methods of a config")
+    p = sub.add_parser("compare", aliases=["run"], help="train and compare the methods of a config")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.add_argument("--methods", default=None, help="comma-separated subset of the config's methods")
     p.add_argument("--train-only", action="store_true",
-                   help="train the methods, score nothing (a later `rmflow run` evaluates them)")
+                   help="train the methods, score nothing (a later `rmflow compare` evaluates them)")
     p = sub.add_parser("train", help="train one model")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -65,20 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:  # overrides given after an option, e.g. `rmflow run ring --methods a key=value`
+    if extra:  # overrides given after an option, e.g. `rmflow compare ring --methods a key=value`
         args.overrides = list(args.overrides) + extra
 
-    from .config import ConfigError, PRESET_DIR, load_config, read_yaml, apply_overrides
+    from .config import ConfigError, PRESET_DIR, load_config, read_yaml
     try:
         if args.command == "presets":
             for path in sorted(PRESET_DIR.glob("*.yaml")):
                 first = path.read_text().splitlines()[0].lstrip("# ")
                 print(f"{path.stem:<24} {first}")
-        elif args.command == "run":
-            from .experiment import run_comparison
+        elif args.command in ("compare", "run"):
+            from .compare import compare
             methods = args.methods.split(",") if args.methods else None
-            run_comparison(apply_overrides(read_yaml(args.config), args.overrides), methods,
-                           train_only=args.train_only)
+            compare(read_yaml(args.config), methods, train_only=args.train_only, overrides=args.overrides)
         elif args.command == "train":
             from .train import Trainer
             from .train.distributed import init_distributed, shutdown_distributed
@@ -99,19 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(args)
         elif args.command == "evaluate":
             from .evaluate import evaluate_samplers
-            trainer = _load_run(args.run_dir)
-            cfg = trainer.cfg
-            reference = trainer.task.reference(args.num_samples or cfg.eval.num_samples, seed=10_000 + args.seed)
-            rows, _ = evaluate_samplers(trainer.task, trainer.ema.shadow, reference,
-                                        args.samplers or cfg.eval.samplers, args.seed, cfg.eval.batch_size)
+            model, task, cfg = _load_run(args.run_dir)
+            reference = task.reference(args.num_samples or cfg.eval.num_samples, seed=10_000 + args.seed)
+            rows, _ = evaluate_samplers(task, model, reference, args.samplers or cfg.eval.samplers, args.seed,
+                                        cfg.eval.batch_size)
             (Path(args.run_dir) / "eval.json").write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows, indent=1))
         elif args.command == "sample":
             from .evaluate import draw_samples
-            trainer = _load_run(args.run_dir)
-            reference = trainer.task.reference(args.num_samples, seed=10_000 + args.seed)
-            x, nfe, _ = draw_samples(trainer.ema.shadow, reference, args.sampler, args.seed,
-                                     trainer.cfg.eval.batch_size)
+            model, task, cfg = _load_run(args.run_dir)
+            reference = task.reference(args.num_samples, seed=10_000 + args.seed)
+            x, nfe, _ = draw_samples(model, reference, args.sampler, args.seed, cfg.eval.batch_size)
             np.save(args.out, x.cpu().numpy())
             print(f"wrote {len(x)} samples ({nfe} NFE each) to {args.out}")
     except ConfigError as e:

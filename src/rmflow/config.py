@@ -1,7 +1,11 @@
-"""Typed configuration: dataclasses loaded from YAML, validated on load, overridable as `key.sub=value`.
+"""Typed configuration: dataclasses loaded from YAML, validated once on load, overridable as `key.sub=value`.
 
-Every error names the offending key and what is allowed. The task's own sections (`task`, `model`) are
-dataclasses that the task registers; `load_config` resolves them, so a typo anywhere is caught at load time.
+Field types are checked and coerced by `from_dict` (int, float, bool, str, `Literal[...]` choices, `list[...]`,
+nested sections); each section's `validate` adds ranges and the rules that tie fields together. Every error names
+the offending key and what is allowed. The task's own sections (`task`, `model`) are dataclasses that the task
+registers; `load_config` resolves them, so a typo anywhere is caught at load time, before anything is written.
+(Dataclasses rather than pydantic: the same checks with no extra dependency, and the sections stay plain classes
+that tasks define without importing a validation library.)
 """
 from __future__ import annotations
 
@@ -9,33 +13,26 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError, check
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key."""
-
-
-def check(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}': {message}")
+__all__ = ["ConfigError", "check", "Config", "load_config", "build_config", "read_yaml", "apply_overrides"]
 
 
 # ---------------------------------------------------------------------------------------------------- sections
 @dataclass
 class TimeConfig:
-    dist: str = "uniform"          # uniform | logit_normal
+    dist: Literal["uniform", "logit_normal"] = "uniform"
     mean: float = 0.0              # logit-normal location (prior at t = 0, data at t = 1)
     std: float = 1.0
     ratio_neq: float = 0.25        # share of the batch with r != t
     ratio_one_step: float = 0.0    # share with (t, r) = (0, 1), included in ratio_neq
 
     def validate(self, key: str) -> None:
-        check(self.dist in ("uniform", "logit_normal"), f"{key}.dist", "must be 'uniform' or 'logit_normal'")
         check(self.std > 0, f"{key}.std", "must be > 0")
         check(0 <= self.ratio_neq <= 1, f"{key}.ratio_neq", "must be in [0, 1]")
         check(0 <= self.ratio_one_step <= self.ratio_neq, f"{key}.ratio_one_step", "must be in [0, ratio_neq]")
@@ -46,17 +43,15 @@ class FlowConfig:
     sigma: float = 0.0             # data smoothing x1 = x_data + σ·ε1, 0 <= σ < σ_min
     adaptive_p: float = 1.0        # adaptive loss weight 1/(‖Δ‖² + c)^p; p = 0 is plain MSE
     adaptive_c: float = 1e-3
-    jvp: str = "func"              # func | autograd
-    coupling: str = "independent"  # coupling of the L_CMFM path: independent | minibatch_ot
+    jvp: Literal["func", "autograd"] = "func"
+    jvp_subset: bool = False       # the JVP only on the rows with r != t (the same loss; bench: meanflow_sub)
+    path_coupling: Literal["independent", "minibatch_ot"] = "independent"   # how the L_CMFM path pairs x0 with x1
     time: TimeConfig = field(default_factory=TimeConfig)
 
     def validate(self, key: str) -> None:
         check(self.sigma >= 0, f"{key}.sigma", "must be >= 0")
         check(self.adaptive_p >= 0, f"{key}.adaptive_p", "must be >= 0")
         check(self.adaptive_c > 0, f"{key}.adaptive_c", "must be > 0")
-        check(self.jvp in ("func", "autograd"), f"{key}.jvp", "must be 'func' or 'autograd'")
-        check(self.coupling in ("independent", "minibatch_ot"), f"{key}.coupling",
-              "must be 'independent' or 'minibatch_ot'")
         self.time.validate(f"{key}.time")
 
 
@@ -65,35 +60,32 @@ class RMFlowConfig:
     lambda_nll: float = 0.0        # λ1; 0 = plain MeanFlow
     lambda_enc: float = 0.0        # λ2, penalty on ‖φ_ω(c)‖² for guided sources
     sigma_min: float = 0.1         # refinement: x̂1 + sqrt(σ_min² - σ²)·ε2
-    pairing: str = "teacher"       # independent | minibatch_ot | inverse | self | teacher
+    pairing: Literal["independent", "minibatch_ot", "inverse", "self", "teacher"] = "teacher"   # of L_NLL
     teacher_steps: int = 32        # k of the k-step MeanFlow partner (self / teacher)
-    teacher_source: str = "ema"    # ema | model: what the frozen teacher is copied from
+    teacher_source: Literal["ema", "model"] = "ema"   # what the frozen teacher is copied from
     nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step); conditional
                                    # data: for as many training conditions, drawn once
     nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
     nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
     batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both
-    focus_errors: str = "fresh"    # fresh: score the focus candidates every step | stored: each bank pair's
+    focus_errors: Literal["fresh", "stored"] = "fresh"   # fresh: score the focus candidates every step | stored: each bank pair's
                                    # error from its last use (no candidate forward; needs teacher_bank)
     teacher_filter: float = 0.0    # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
                                    # q-quantile of the data's own nearest-neighbour distances (0: keep all)
     filter_reference: int = 20000  # data points the filter measures against
-    refine: str = "fixed"          # fixed | learned | mixture (vector data)
+    refine: Literal["fixed", "learned", "mixture"] = "fixed"   # mixture: vector data
     mixture_components: int = 2    # K of refine 'mixture'
     mixture_hidden: int = 256      # width of the mixture refiner's MLP g(x0, x̂1)
-    mixture_pick: str = "argmax"   # argmax | sample: how the sampler chooses the mixture component
+    mixture_pick: Literal["argmax", "sample"] = "argmax"   # how the sampler chooses the mixture component
     sigma_c: float = 1e-3          # guided-encoding source noise
 
     def validate(self, key: str, sigma: float) -> None:
-        from .flow import PAIRINGS
         check(self.lambda_nll >= 0, f"{key}.lambda_nll", "must be >= 0")
         check(self.lambda_enc >= 0, f"{key}.lambda_enc", "must be >= 0")
         check(self.sigma_min > sigma, f"{key}.sigma_min",
               f"must be > flow.sigma ({sigma}); got {self.sigma_min} (the refinement variance σ_min² - σ² must be > 0)")
-        check(self.pairing in PAIRINGS, f"{key}.pairing", f"must be one of {PAIRINGS}")
         check(self.teacher_steps >= 1, f"{key}.teacher_steps", "must be >= 1")
-        check(self.teacher_source in ("ema", "model"), f"{key}.teacher_source", "must be 'ema' or 'model'")
         check(self.nll_start_step >= 0, f"{key}.nll_start_step", "must be >= 0")
         check(not (self.pairing == "teacher" and self.lambda_nll > 0 and self.nll_start_step < 1),
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
@@ -102,17 +94,14 @@ class RMFlowConfig:
         check(0 < self.nll_batch <= 1, f"{key}.nll_batch", "must be in (0, 1]")
         check(not (self.batch_split and self.nll_batch >= 1), f"{key}.batch_split",
               "gives ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: needs rmflow.nll_batch < 1")
-        check(self.focus_errors in ("fresh", "stored"), f"{key}.focus_errors", "must be 'fresh' or 'stored'")
         check(not (self.focus_errors == "stored" and not (self.teacher_bank and self.nll_focus)),
               f"{key}.focus_errors", "'stored' keeps an error per bank pair: needs teacher_bank > 0 and nll_focus > 0")
         check(0 <= self.teacher_filter < 1, f"{key}.teacher_filter", "must be in [0, 1)")
         check(not (self.teacher_filter > 0 and not self.teacher_bank), f"{key}.teacher_filter",
               "filters the teacher bank: needs rmflow.teacher_bank > 0")
         check(self.filter_reference >= 2, f"{key}.filter_reference", "must be >= 2")
-        check(self.refine in ("fixed", "learned", "mixture"), f"{key}.refine", "must be 'fixed', 'learned' or 'mixture'")
         check(self.mixture_components >= 2, f"{key}.mixture_components", "must be >= 2")
         check(self.mixture_hidden >= 1, f"{key}.mixture_hidden", "must be >= 1")
-        check(self.mixture_pick in ("argmax", "sample"), f"{key}.mixture_pick", "must be 'argmax' or 'sample'")
         check(self.sigma_c >= 0, f"{key}.sigma_c", "must be >= 0")
 
 
@@ -123,7 +112,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_schedule: str = "constant"  # constant | cosine (cosine decay to 0 from lr_decay_start to steps)
+    lr_schedule: Literal["constant", "cosine"] = "constant"   # cosine: decay to 0 from lr_decay_start to steps
     lr_decay_start: int = 0
     ema_decay: float = 0.999
     grad_clip: float = 1.0         # max global grad norm; 0 disables
@@ -132,7 +121,7 @@ class TrainConfig:
     device: str = "cpu"
     num_threads: int = 0           # torch CPU threads; 0 = leave as is
     progress: bool = True
-    precision: str = "fp32"        # fp32 | bf16 (autocast; the JVP target and the losses stay in float32)
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: autocast; the JVP target and the losses stay in float32
     compile: bool = False          # torch.compile the whole loss module, falling back to eager if that fails
 
     def validate(self, key: str) -> None:
@@ -141,18 +130,16 @@ class TrainConfig:
         check(self.lr > 0, f"{key}.lr", "must be > 0")
         check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         check(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
-        check(self.lr_schedule in ("constant", "cosine"), f"{key}.lr_schedule", "must be 'constant' or 'cosine'")
         check(0 <= self.lr_decay_start < self.steps, f"{key}.lr_decay_start", f"must be in [0, steps={self.steps})")
         check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
         check(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0")
         check(self.num_threads >= 0, f"{key}.num_threads", "must be >= 0")
-        check(self.precision in ("fp32", "bf16"), f"{key}.precision", "must be 'fp32' or 'bf16'")
 
 
 @dataclass
 class EvalConfig:
     num_samples: int = 10000
-    samplers: list = field(default_factory=lambda: ["rmflow", "meanflow@1", "meanflow@8", "meanflow@32"])
+    samplers: list[str] = field(default_factory=lambda: ["rmflow", "meanflow@1", "meanflow@8", "meanflow@32"])
     use_ema: bool = True
     batch_size: int = 20000        # samples drawn per network call (lower it for large molecules or images)
 
@@ -178,6 +165,28 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 
 
 @dataclass
+class MethodSpec:
+    """One row of a comparison (`compare:` in YAML, run by `rmflow compare`): the config keys in which the method
+    differs from the preset's top level, its samplers, and optionally `from`, the method whose final checkpoint it
+    continues (same seed), e.g. stage 2 of RMFlow continuing a MeanFlow run."""
+    set: dict = field(default_factory=dict)        # {"rmflow.lambda_nll": 0.0, ...}
+    samplers: list[str] = field(default_factory=list)   # empty: eval.samplers
+    start_from: str = ""                           # YAML key `from`
+
+    def validate(self, key: str, methods) -> None:
+        for k in self.set:
+            check(isinstance(k, str) and bool(k), f"{key}.set", f"keys must be dotted config keys, got {k!r}")
+        for i, spec in enumerate(self.samplers):
+            try:
+                parse_sampler(spec)
+            except ValueError as e:
+                raise ConfigError(f"config key '{key}.samplers[{i}]': {e}") from None
+        check(not self.start_from or self.start_from in methods, f"{key}.from",
+              f"no method named {self.start_from!r}; methods: {', '.join(methods)}")
+        check(self.start_from != key.rpartition(".")[2], f"{key}.from", "a method cannot start from itself")
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -188,14 +197,17 @@ class Config:
     rmflow: RMFlowConfig = field(default_factory=RMFlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seeds: list = field(default_factory=lambda: [0])   # seeds of `rmflow run`
-    compare: dict = field(default_factory=dict)   # `rmflow run`: method -> {set: {key: value}, samplers: [...]}
+    seeds: list[int] = field(default_factory=lambda: [0])   # seeds of `rmflow compare`
+    compare: dict[str, MethodSpec] = field(default_factory=dict)   # `rmflow compare`: method name -> MethodSpec
 
     def validate(self) -> "Config":
         self.flow.validate("flow")
         self.rmflow.validate("rmflow", self.flow.sigma)
         self.train.validate("train")
         self.eval.validate("eval")
+        check(len(self.seeds) > 0, "seeds", "must list at least one seed")
+        for method, spec in self.compare.items():
+            spec.validate(f"compare.{method}", list(self.compare))
         for section in ("task", "model"):
             v = getattr(self, section)
             if hasattr(v, "validate"):
@@ -228,8 +240,25 @@ def from_dict(cls, data: dict, key: str = ""):
 
 
 def _coerce(tp, value, key):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is MethodSpec:
+        if isinstance(value, dict) and "from" in value:
+            value = {("start_from" if k == "from" else k): v for k, v in value.items()}
+        return from_dict(MethodSpec, value, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()} if args else dict(value)
     if tp in (int, float, bool, str):
         if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -244,6 +273,9 @@ def _coerce(tp, value, key):
 
 
 def to_dict(obj) -> Any:
+    if isinstance(obj, MethodSpec):
+        out = {"set": to_dict(obj.set), "samplers": list(obj.samplers)}
+        return {**out, "from": obj.start_from} if obj.start_from else out
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):

@@ -6,9 +6,8 @@ import time
 import torch
 
 from .config import parse_sampler
-from .flow import cond_rows, sample
+from .flow import cond_rows, sample, to_device
 from .tasks import Batch
-from .train.trainer import to_device
 
 LABELS = {"rmflow": "RMFlow", "meanflow": "MeanFlow", "fm": "FM ODE (Euler)", "fm_heun": "FM ODE (Heun)"}
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from rmflow.bench import (METHODS, FlowMatchingLoss, SubsetJVPCMFMLoss, TensorMemoryTracker, _rows,
-                          method_overrides, parse_variants, ratios)
+from rmflow.bench import METHODS, TensorMemoryTracker, method_overrides, parse_variants, ratios
 from rmflow.cli import main
 from rmflow.config import load_config
 from rmflow.flow import CMFMLoss, TimeSampler, mean_velocity_time_derivative
+from rmflow.flow.cmfm import _rows
 from rmflow.nets import MLP
 
 TINY = ["model.hidden=16", "model.depth=1", "model.time_dim=8", "train.batch_size=16", "train.num_threads=1"]
@@ -53,7 +53,7 @@ def test_subset_jvp_target_equals_full_jvp_target():
     net, x, t, r, v, cond = _net_and_batch()
     times = TimeSampler()
     full, _ = CMFMLoss(times).target(net, x, t, r, v, cond)
-    sub, dudt = SubsetJVPCMFMLoss(times).target(net, x, t, r, v, cond)
+    sub, dudt = CMFMLoss(times, jvp_subset=True).target(net, x, t, r, v, cond)
     assert torch.allclose(sub, full, atol=1e-6)
     # du/dt really was computed on the r != t rows only (zero elsewhere) and matches the full JVP there
     _, ref = mean_velocity_time_derivative(net, x, t, r, v, cond)
@@ -70,37 +70,14 @@ def test_rows_helper():
     assert _rows(None, idx, 4) is None
 
 
-class _FixedTimes:
-    def __init__(self, t):
-        self.t = t
-
-    def sample(self, batch_size, generator=None, device="cpu"):
-        return self.t, self.t
-
-
-def test_flow_matching_loss_by_hand():
-    cfg = load_config("ring", TINY)
-    from rmflow.tasks import get_task
-    model = get_task("synthetic").factory(cfg).build_model()
-    t = torch.linspace(0.1, 0.9, 5)
-    fm = FlowMatchingLoss(model, _FixedTimes(t))
-    x1 = torch.randn(5, 2)
-    torch.manual_seed(4)
-    out = fm(x1)
-    torch.manual_seed(4)
-    x0 = torch.randn(5, 2)                                   # the source draw, with the same seed
-    xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-    u = model.net(xt, t, t)
-    assert torch.allclose(out.loss, ((u - (x1 - x0)) ** 2).sum(1), atol=1e-6)
-
-
 def test_method_overrides():
     cfg = load_config("ring", TINY)                          # preset: pairing teacher, nll_start_step > 0
     assert "rmflow.pairing=teacher" in method_overrides("rmflow", cfg)
     assert any(o.startswith("rmflow.nll_start_step=") and int(o.split("=")[1]) >= 1
                for o in method_overrides("rmflow", cfg))
     assert "rmflow.nll_start_step=0" in method_overrides("rmflow_ot", cfg)
-    assert "flow.time.ratio_neq=0" in method_overrides("fm_cmfm", cfg)
+    assert "flow.time.ratio_neq=0" in method_overrides("fm", cfg)
+    assert "flow.jvp_subset=true" in method_overrides("meanflow_sub", cfg)
     assert "rmflow.lambda_nll=0" in method_overrides("meanflow", cfg)
     bank = method_overrides("rmflow_bank", cfg)
     assert "rmflow.pairing=teacher" in bank and any(o.startswith("rmflow.teacher_bank=") for o in bank)

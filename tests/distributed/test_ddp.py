@@ -60,7 +60,7 @@ def reference():
         trainer = make_trainer(slice(0, COMBINED))
         start = parameters(trainer)
         losses = [trainer.train_step()["loss"] for _ in range(2)]
-        assert trainer.objective.nll_active and trainer.objective.teacher is not None
+        assert trainer.objective.nll_active and trainer.objective.pairing.teacher is not None
         assert trainer.model.net.body[0].weight.dtype == torch.float64
         return {"params": parameters(trainer), "start": start, "draw": torch.rand(4), "losses": losses}
     finally:

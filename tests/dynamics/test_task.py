@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("scoringrules")
 from rmflow.config import ConfigError, build_config  # noqa: E402
 from rmflow.evaluate import evaluate_samplers  # noqa: E402
-from rmflow.experiment import markdown_table  # noqa: E402
+from rmflow.compare import markdown_table  # noqa: E402
 from rmflow.train import Trainer  # noqa: E402
 
 
@@ -114,6 +114,6 @@ def test_conditional_teacher_bank_with_split_batch_trains(tmp_path):
     trainer = Trainer(build_config(data))
     losses = trainer.train()
     assert len(losses) == 4 and all(np.isfinite(losses))
-    bank = trainer.objective._bank
+    bank = trainer.objective.pairing.bank
     assert bank is not None and bank.x0.shape == (64, 3, 16) and bank.cond.shape == (64, 3, 8)
-    assert trainer.objective.focus_state.shape == (64,)
+    assert trainer.objective.pairing.errors.shape == (64,)

@@ -5,8 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, LearnedScale, RMFlow, meanflow,
-                         RMFlowObjective, TimeSampler, minibatch_ot_permutation, scale_nll, transport_cost)
+from rmflow.config import ConfigError, load_config
+from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, IndependentPairing, InversePairing,
+                         LearnedScale, LikelihoodSchedule, MinibatchOTPairing, Pairs, RMFlow, RMFlowObjective,
+                         SelfPairing, TeacherPairing, TimeSampler, meanflow, minibatch_ot_permutation, scale_nll,
+                         transport_cost)
 from rmflow.nets import MLP
 
 
@@ -45,9 +48,26 @@ class Affine(nn.Module):
         return self.a * x + self.b
 
 
-def _objective(net, **kw):
-    model = RMFlow(net, GaussianSource(), FixedScale(kw.get("sigma_min", 0.1), 0.0))
-    return RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), **kw)
+def make_pairing(model, pairing, teacher_steps=8, **teacher):
+    """The pairing object of a name (the config's rmflow.pairing); `teacher`: TeacherPairing's options."""
+    if pairing == "teacher":
+        return TeacherPairing(model, teacher_steps, **teacher)
+    if pairing == "self":
+        return SelfPairing(teacher_steps)
+    return {"independent": IndependentPairing, "minibatch_ot": MinibatchOTPairing, "inverse": InversePairing}[pairing]()
+
+
+def _objective(net, sigma_min=0.1, lambda_nll=0.0, lambda_enc=0.0, pairing="independent", nll_start_step=0,
+               nll_batch=1.0, batch_split=False, model=None, **pairing_kw):
+    model = model or RMFlow(net, GaussianSource(), FixedScale(sigma_min, 0.0))
+    return RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0),
+                           make_pairing(model, pairing, **pairing_kw) if lambda_nll > 0 else None,
+                           sigma_min=sigma_min, lambda_nll=lambda_nll, lambda_enc=lambda_enc,
+                           schedule=LikelihoodSchedule(nll_start_step, nll_batch, batch_split))
+
+
+def _pairs(obj, x, cond=None, mask=None):
+    return obj.pairing.pairs(obj.model, x, cond, mask)
 
 
 def test_nll_term_on_known_inputs():
@@ -65,8 +85,8 @@ def test_nll_batch_uses_the_first_rows_and_adds_the_batch_mean():
     obj = _objective(Affine(0.5, 1.0), lambda_nll=2.0, sigma_min=0.2, pairing="self", teacher_steps=1,
                      nll_batch=0.25)
     seen = []
-    pair = obj._pair
-    obj._pair = lambda x, c, m: seen.append(x) or pair(x, c, m)
+    pairs = obj.pairing.pairs
+    obj.pairing.pairs = lambda model, x, c, m: seen.append(x) or pairs(model, x, c, m)
     x = torch.randn(40_001, 3)
     out = obj(x)
     assert len(seen) == 1 and seen[0].shape == (10_001, 3) and torch.equal(seen[0], x[:10_001])
@@ -74,8 +94,8 @@ def test_nll_batch_uses_the_first_rows_and_adds_the_batch_mean():
     assert abs(out.stats["nll"].item() - 3 * 0.04) < 3e-3
     torch.testing.assert_close(out.loss.mean(), out.stats["cmfm"] + 2.0 * out.stats["nll"], rtol=1e-5, atol=1e-6)
     for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="nll_batch"):
-            _objective(Affine(0.5, 1.0), lambda_nll=1.0, nll_batch=bad)
+        with pytest.raises(ConfigError, match="nll_batch"):
+            load_config("ring", [f"rmflow.nll_batch={bad}"])
 
 
 def test_independent_pairing_is_minimised_by_the_data_mean():
@@ -85,10 +105,9 @@ def test_independent_pairing_is_minimised_by_the_data_mean():
     net = Affine(-1.0, 0.0)
     net.b = nn.Parameter(mean.clone())
     obj = _objective(net, lambda_nll=1.0, pairing="independent")
-    obj.cmfm = None  # only the likelihood term
 
-    def nll_only(x_data):
-        x0, y = obj._pair(x_data, None, None)[:2]
+    def nll_only(x_data):   # only the likelihood term (its noise-free partner: the noise adds a constant)
+        x0, y = _pairs(obj, x_data)[:2]
         ones = torch.ones(len(x0))
         return (y - (x0 + obj.model(x0, 0 * ones, ones))).pow(2).sum(1).mean()
 
@@ -110,26 +129,32 @@ def test_teacher_pairing_uses_the_frozen_copy():
     assert obj.nll_active
     teacher_src = copy.deepcopy(obj.model)
     teacher_src.net.b.data.fill_(3.0)
-    obj.freeze_teacher(teacher_src)
-    x0, y = obj._pair(torch.zeros(20_000, 2), None, None)[:2]
-    # teacher: u = 3 everywhere -> T(x0) = x0 + 3; y = x0 + 3 + 0.1 ε
-    assert abs((y - x0 - 3).mean().item()) < 3e-3 and abs((y - x0 - 3).std().item() - 0.1) < 3e-3
-    assert all(not p.requires_grad for p in obj.teacher.parameters())
+    obj.start_likelihood_stage(teacher_src)
+    x0, y = _pairs(obj, torch.zeros(20_000, 2))[:2]
+    # teacher: u = 3 everywhere -> T_4(x0) = x0 + 3 (the student's u = 0 is not used)
+    torch.testing.assert_close(y, x0 + 3)
+    assert all(not p.requires_grad for p in obj.pairing.teacher.parameters())
 
 
 def test_inverse_pairing_inverts_an_affine_map():
     """The model's inverse map x0 = x1 - u(x1, 1, 0): for u ≡ b it is x1 - b."""
     obj = _objective(Affine(0.0, 2.0), lambda_nll=1.0, pairing="inverse")
     x = torch.randn(7, 2)
-    x0, y = obj._pair(x, None, None)[:2]
+    x0, y = _pairs(obj, x)[:2]
     torch.testing.assert_close(x0, x - 2.0)
+    torch.testing.assert_close(y, x)
 
 
-def test_objective_rejects_invalid_settings():
-    for kw, match in [({"sigma": 0.2, "sigma_min": 0.1}, "sigma_min"), ({"lambda_nll": -1.0}, "lambda"),
-                      ({"pairing": "nearest"}, "pairing"), ({"coupling": "sinkhorn"}, "coupling")]:
-        with pytest.raises(ValueError, match=match):
-            _objective(Affine(), **kw)
+def test_invalid_settings_are_refused_where_the_config_loads():
+    for keys, match in [(["flow.sigma=0.2", "rmflow.sigma_min=0.1"], "rmflow.sigma_min"),
+                        (["rmflow.lambda_nll=-1"], "rmflow.lambda_nll"), (["rmflow.pairing=nearest"], "rmflow.pairing"),
+                        (["flow.path_coupling=sinkhorn"], "flow.path_coupling"),
+                        (["rmflow.teacher_bank=0", "rmflow.nll_focus=0.5", "rmflow.focus_errors=stored"],
+                         "rmflow.focus_errors"),
+                        (["rmflow.focus_errors=old"], "rmflow.focus_errors"),
+                        (["rmflow.nll_batch=1", "rmflow.batch_split=true"], "rmflow.batch_split")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config("ring", keys)
 
 
 def test_learned_scale_is_positive_and_its_gradient_matches_finite_differences():
@@ -159,8 +184,7 @@ def test_learned_scale_converges_to_the_residual_scale():
     torch.manual_seed(0)
     net = MLP(2, hidden=8, depth=1, time_dim=8)
     model = RMFlow(net, GaussianSource(), LearnedScale(1.0))
-    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), sigma_min=0.3, lambda_nll=1.0,
-                          pairing="self", teacher_steps=1)
+    obj = _objective(None, sigma_min=0.3, lambda_nll=1.0, pairing="self", teacher_steps=1, model=model)
     opt = torch.optim.Adam([model.refiner.log_scale], lr=0.05)
     for _ in range(300):
         out = obj(torch.randn(256, 2))
@@ -173,7 +197,7 @@ def test_learned_scale_converges_to_the_residual_scale():
 def test_encoder_penalty_and_guided_source():
     enc = nn.Linear(4, 2)
     model = RMFlow(MLP(2, hidden=8, depth=1, time_dim=8, cond_dim=4), GuidedSource(enc, sigma_c=0.0))
-    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), lambda_enc=0.5)
+    obj = _objective(None, lambda_enc=0.5, model=model)
     c = torch.randn(6, 4)
     x0 = model.draw_source(torch.zeros(6, 2), c)
     torch.testing.assert_close(x0, enc(c))                    # σ_c = 0: the source is φ_ω(c)
@@ -198,52 +222,52 @@ def _teacher_objective(**kw):
     net = MLP(2, hidden=16, depth=2, time_dim=8)
     obj = _objective(net, lambda_nll=1.0, pairing="teacher", teacher_steps=2, nll_start_step=1, **kw)
     obj.set_step(1)
-    obj.freeze_teacher(obj.model)
+    obj.start_likelihood_stage(obj.model)
     return obj
 
 
 def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
-    a = _teacher_objective(teacher_bank=500, bank_seed=7)
-    b = _teacher_objective(teacher_bank=500, bank_seed=7)
-    xa, ya = a._teacher_bank(torch.zeros(4, 2))[:2]
-    xb, yb = b._teacher_bank(torch.zeros(4, 2))[:2]
+    a = _teacher_objective(bank=500, bank_seed=7)
+    b = _teacher_objective(bank=500, bank_seed=7)
+    xa, ya = a.pairing._bank(a.model, torch.zeros(4, 2))[:2]
+    xb, yb = b.pairing._bank(b.model, torch.zeros(4, 2))[:2]
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
-    torch.testing.assert_close(ya, meanflow(a.teacher, xa, 2).x)
+    torch.testing.assert_close(ya, meanflow(a.pairing.teacher, xa, 2).x)
     assert abs(xa.mean().item()) < 0.15 and abs(xa.std().item() - 1) < 0.1   # x0 drawn from the source
-    x0, y, _, _, idx = a._pair(torch.zeros(64, 2), None, None)
+    x0, y, _, _, idx = _pairs(a, torch.zeros(64, 2))
     assert idx is None   # indices are only kept with stored focus errors
     assert x0.shape == (64, 2) and all((row == xa).all(1).any() for row in x0)   # pairs come from the bank
 
 
 def test_focus_keeps_the_hardest_candidates():
-    obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5)
+    obj = _teacher_objective(bank=2000, focus=0.5)
     torch.manual_seed(1)
-    x0, y = obj._teacher_pairs(torch.zeros(100, 2), None, None)[:2]
+    x0, y = _pairs(obj, torch.zeros(100, 2))[:2]
     ones = torch.ones(len(x0))
     with torch.no_grad():
         err = (y - x0 - obj.model(x0, 0 * ones, ones)).pow(2).sum(1)
     # the focused half (top 50 of 350 candidates) all lies above the plain half's median
     assert err[50:].min() > err[:50].median() and err[50:].mean() > err[:50].mean()
-    with pytest.raises(ValueError, match="set_bank_conditions"):
-        obj._teacher_pairs(torch.zeros(10, 2), torch.zeros(10, 3), None)
+    with pytest.raises(ValueError, match="bank_conditions"):
+        _pairs(obj, torch.zeros(10, 2), torch.zeros(10, 3))
 
 
 def test_stored_focus_errors_are_initialised_picked_and_updated():
     """focus_errors='stored': the bank's errors start as ‖T_k(x0) − x0 − u(x0, 0, 1)‖² of the model at freezing,
     the focus half is the top of the candidates by stored error (no forward), and a step overwrites the errors of
     the rows it used with the model's error at that step."""
-    obj = _teacher_objective(teacher_bank=2000, nll_focus=0.5, focus_errors="stored")
-    bank_x0, bank_y = obj._teacher_bank(torch.zeros(4, 2))[:2]
+    obj = _teacher_objective(bank=2000, focus=0.5, stored_errors=True)
+    bank_x0, bank_y = obj.pairing._bank(obj.model, torch.zeros(4, 2))[:2]
     ones = torch.ones(len(bank_x0))
     with torch.no_grad():
         fresh = (bank_y - bank_x0 - obj.model(bank_x0, 0 * ones, ones)).pow(2).sum(1)
-    torch.testing.assert_close(obj._bank_err, fresh)
+    torch.testing.assert_close(obj.pairing.errors, fresh)
     # the focus rows are chosen from the stored values alone: plant a known error ordering and check the choice
-    obj._bank_err = torch.arange(2000, dtype=torch.float32)
+    obj.pairing.errors = torch.arange(2000, dtype=torch.float32)
     torch.manual_seed(3)
     cand_draw = torch.randint(2000, (400,))
     torch.manual_seed(3)
-    x0, y, _, _, idx = obj._teacher_pairs(torch.zeros(100, 2), None, None)
+    x0, y, _, _, idx = _pairs(obj, torch.zeros(100, 2))
     assert torch.equal(idx[:50], cand_draw[:50])
     assert torch.equal(idx[50:].sort().values, cand_draw[50:].sort().values[-50:])   # the 50 largest of 350
     torch.testing.assert_close(x0, bank_x0[idx], rtol=0, atol=0)
@@ -252,19 +276,15 @@ def test_stored_focus_errors_are_initialised_picked_and_updated():
     torch.manual_seed(4)
     with torch.no_grad():
         obj.model.net.body[0].weight.mul_(1.5)                   # the model moves on after the bank is built
-    before = obj._bank_err.clone()
+    before = obj.pairing.errors.clone()
     torch.manual_seed(5)
     obj(torch.randn(100, 2))
-    changed = (obj._bank_err != before).nonzero().squeeze(1)
+    changed = (obj.pairing.errors != before).nonzero().squeeze(1)
     assert 0 < len(changed) <= 100
     ones = torch.ones(len(changed))
     with torch.no_grad():
         now = (bank_y[changed] - bank_x0[changed] - obj.model(bank_x0[changed], 0 * ones, ones)).pow(2).sum(1)
-    torch.testing.assert_close(obj._bank_err[changed], now)
-    with pytest.raises(ValueError, match="focus_errors"):
-        _teacher_objective(teacher_bank=0, nll_focus=0.5, focus_errors="stored")
-    with pytest.raises(ValueError, match="focus_errors"):
-        _teacher_objective(teacher_bank=100, nll_focus=0.5, focus_errors="old")
+    torch.testing.assert_close(obj.pairing.errors[changed], now)
 
 
 def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
@@ -275,20 +295,24 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     n, k = 40, 10
     x = torch.randn(n, 2, dtype=torch.float64)
     x0_all = torch.randn(n, 2, dtype=torch.float64)
-    pair = (torch.randn(k, 2, dtype=torch.float64), torch.randn(k, 2, dtype=torch.float64), None, None, None)
+    pair = Pairs(torch.randn(k, 2, dtype=torch.float64), torch.randn(k, 2, dtype=torch.float64))
     t = torch.rand(n - k, dtype=torch.float64)
     r = torch.where(torch.rand(n - k) < 0.5, t, torch.rand(n - k, dtype=torch.float64).maximum(t))
 
     def fixed(obj):   # the same source draws, pairs and times for both objectives
         obj.model.draw_source = lambda template, cond=None, mask=None, generator=None: x0_all[:len(template)]
-        obj._pair = lambda xk, ck, mk: pair
+        if obj.pairing is not None:
+            obj.pairing.pairs = lambda model, xk, ck, mk: pair
         obj.cmfm.times.sample = lambda b, generator=None, device=None: (t[:b], r[:b])
         return obj
 
     split = fixed(_objective(net, lambda_nll=0.7, pairing="self", nll_batch=k / n, batch_split=True))
     calls = []
     hook = net.register_forward_hook(lambda m, a, o: calls.append((torch.is_grad_enabled(), len(a[0]))))
+    torch.manual_seed(11)     # the only draw left: the σ_min noise of the partners
     out = split(x)
+    torch.manual_seed(11)
+    noise = 0.1 * torch.randn(k, 2, dtype=torch.float64)
     hook.remove()
     assert [c for c in calls if c[0]] == [(True, n)]          # one gradient-carrying forward over all n rows
     grads = torch.autograd.grad(out.loss.mean(), list(net.parameters()))
@@ -297,7 +321,7 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     x0_all_rest = x0_all[k:]
     ref_obj.model.draw_source = lambda template, cond=None, mask=None, generator=None: x0_all_rest
     cmfm = ref_obj(x[k:]).loss.mean()
-    x0n, y = pair[:2]
+    x0n, y = pair.x0, pair.y + noise
     ones = torch.ones(k, dtype=torch.float64)
     nll = (y - x0n - net(x0n, 0 * ones, ones)).pow(2).sum(1).mean()
     ref = cmfm + 0.7 * nll
@@ -306,8 +330,6 @@ def test_batch_split_shares_one_forward_and_equals_the_separate_terms():
     torch.testing.assert_close(out.stats["cmfm"].double(), cmfm.detach().double(), rtol=1e-5, atol=1e-6)
     for g, h in zip(grads, torch.autograd.grad(ref, list(net.parameters()))):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="batch_split"):
-        _objective(net, lambda_nll=1.0, pairing="self", batch_split=True)        # nll_batch = 1: no L_CMFM rows
 
 
 def test_conditional_teacher_bank_pairs_carry_their_own_conditions():
@@ -317,29 +339,32 @@ def test_conditional_teacher_bank_pairs_carry_their_own_conditions():
     torch.manual_seed(0)
     enc = nn.Linear(3, 2)
     model = RMFlow(MLP(2, hidden=16, depth=1, time_dim=8, cond_dim=3), GuidedSource(enc, sigma_c=0.5))
-    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), lambda_nll=1.0, pairing="teacher",
-                          teacher_steps=2, nll_start_step=1, teacher_bank=300, nll_focus=0.5,
-                          focus_errors="stored", nll_batch=0.5, batch_split=True)
-    obj.set_step(1)
-    obj.freeze_teacher(model)
     x, c = torch.randn(40, 2), torch.randn(40, 3)
-    with pytest.raises(ValueError, match="set_bank_conditions"):
-        obj(x, c)
-    with pytest.raises(ValueError, match="300"):
-        obj.set_bank_conditions(torch.randn(10, 3), None)
     bank_c = torch.randn(300, 3) * 3
-    obj.set_bank_conditions(bank_c, None)
-    bank = obj._teacher_bank(x)
+    kw = dict(lambda_nll=1.0, pairing="teacher", teacher_steps=2, nll_start_step=1, bank=300, focus=0.5,
+              stored_errors=True, nll_batch=0.5, batch_split=True, model=model)
+    without = _objective(None, **kw)
+    without.set_step(1)
+    with pytest.raises(ValueError, match="bank_conditions"):
+        without(x, c)
+    with pytest.raises(ValueError, match="300"):
+        _objective(None, bank_conditions=(torch.randn(10, 3), None), **kw)
+    with pytest.raises(ValueError, match="unconditional bank"):
+        _objective(None, bank_conditions=(bank_c, None), filter_q=0.9, **kw)
+    obj = _objective(None, bank_conditions=(bank_c, None), **kw)
+    obj.set_step(1)
+    obj.start_likelihood_stage(model)
+    bank = obj.pairing._bank(model, x)
     assert torch.equal(bank.cond, bank_c)
     with torch.no_grad():
         eps = (bank.x0 - enc(bank_c)) / 0.5
-        torch.testing.assert_close(bank.y, meanflow(obj.teacher, bank.x0, 2, bank_c).x)
+        torch.testing.assert_close(bank.y, meanflow(obj.pairing.teacher, bank.x0, 2, bank_c).x)
     assert abs(eps.mean().item()) < 0.1 and abs(eps.std().item() - 1) < 0.1   # x0 ~ φ(c) + σ_c·ε
-    pairs = obj._pair(x[:20], c[:20], None)
+    pairs = _pairs(obj, x[:20], c[:20])
     assert torch.equal(pairs.cond, bank_c[pairs.bank_idx]) and torch.equal(pairs.x0, bank.x0[pairs.bank_idx])
     seen, calls = [], []
-    pair = obj._pair
-    obj._pair = lambda *a: seen.append(pair(*a)) or seen[-1]
+    pair = obj.pairing.pairs
+    obj.pairing.pairs = lambda *a: seen.append(pair(*a)) or seen[-1]
     hook = model.net.register_forward_hook(lambda m, a, o: calls.append(a[3]) if torch.is_grad_enabled() else None)
     out = obj(x, c)
     hook.remove()

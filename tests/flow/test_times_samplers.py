@@ -26,11 +26,12 @@ def test_logit_normal_times():
     assert abs(logits.mean().item() + 0.4) < 0.02 and abs(logits.std().item() - 1.0) < 0.02
 
 
-def test_time_sampler_rejects_bad_ratios():
-    with pytest.raises(ValueError):
-        TimeSampler(ratio_neq=1.5)
-    with pytest.raises(ValueError):
-        TimeSampler(dist="beta")
+def test_time_settings_are_refused_where_the_config_loads():
+    from rmflow.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="flow.time.ratio_neq"):
+        load_config("ring", ["flow.time.ratio_neq=1.5"])
+    with pytest.raises(ConfigError, match="flow.time.dist"):
+        load_config("ring", ["flow.time.dist=beta"])
 
 
 class Counting(nn.Module):

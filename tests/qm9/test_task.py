@@ -82,7 +82,7 @@ def test_conditional_teacher_bank_with_masks(qm9_arrays, tmp_path):
     trainer = Trainer(cfg, None, task=make_task(cfg, qm9_arrays))
     losses = trainer.train()
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
-    bank = trainer.objective._bank
+    bank = trainer.objective.pairing.bank
     assert set(bank.cond) == {"props", "num_atoms"} and bank.mask.shape[0] == 32
     assert torch.equal(bank.cond["num_atoms"], bank.mask.sum((1, 2)))
     assert (bank.y * (1 - bank.mask)).abs().max() == 0             # partners live on each pair's own atoms

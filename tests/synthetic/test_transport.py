@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from rmflow.tasks.synthetic.data import make_dataset
-from rmflow.tasks.synthetic.transport import diagnose, plot_maps
+from rmflow.tools.transport import diagnose, plot_maps
 
 
 class SectorMap(nn.Module):

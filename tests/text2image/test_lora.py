@@ -30,7 +30,7 @@ def test_lora_stage_trains_only_adapters_and_reloads(tmp_path, text_encoder, tin
     assert encoder and not changed & encoder
     assert changed & adapters                     # the adapters did move
     # the frozen teacher still holds the stage-1 EMA weights
-    for k, v in tr.objective.teacher.state_dict().items():
+    for k, v in tr.objective.pairing.teacher.state_dict().items():
         assert torch.equal(v, stage1[k])
     # the adapters (of the EMA, which is evaluated) are saved on their own and reload to identical outputs
     adapter_dir = tmp_path / "run" / "adapter"

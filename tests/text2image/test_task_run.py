@@ -7,7 +7,7 @@ import torch
 
 def test_shapes_latent_two_stage_run(tmp_path, text_encoder):
     from rmflow.config import read_yaml
-    from rmflow.tasks.text2image.run import run_text2image
+    from rmflow.compare import compare
     base = read_yaml("shapes-cpu")
     base.update(name="toy", out_dir=str(tmp_path / "runs"), seeds=[0])
     base["task"].update(image_size=8, ae_downsample=1, latent_channels=2, num_train=64, num_test=8, ae_steps=5,
@@ -20,7 +20,7 @@ def test_shapes_latent_two_stage_run(tmp_path, text_encoder):
     base["compare"] = {"meanflow": {"set": {"rmflow.lambda_nll": 0.0, "train.steps": 2, "model.lora.rank": 0},
                                     "samplers": ["meanflow@1"]},
                        "rmflow_lora": {"from": "meanflow", "set": {}, "samplers": ["rmflow"]}}
-    out = run_text2image(base, log=lambda *a: None)
+    out = compare(base, log=lambda *a: None)
     rows = json.loads((tmp_path / "runs" / "toy" / "results.json").read_text())
     assert [r["method"] for r in rows] == ["meanflow", "rmflow_lora", "data"]
     for r in rows:

@@ -1,21 +1,27 @@
-"""The method, modality-agnostic: path, (t, r) sampling, L_CMFM with an exact JVP, the RMFlow objective,
-sources (incl. guided encoding), couplings, the refinement and the samplers. Nothing here knows about
-molecules, images or text: a task hands over a network u(x, t, r, cond, mask), a space and data batches."""
+"""The method, modality-agnostic: path, (t, r) sampling, L_CMFM with an exact JVP, the RMFlow objective, the
+pairings of its likelihood term, sources (incl. guided encoding), the refinements and the samplers. Nothing here
+knows about molecules, images or text: a task hands over a network u(x, t, r, cond, mask), a space and data
+batches. Nothing here reads a config either: rmflow.train.build turns a config into these objects."""
+from .cmfm import CMFMLoss, masked_sq_norm
 from .jvp import mean_velocity_time_derivative, unwrap
-from .meanflow import CMFMLoss, masked_sq_norm
-from .model import RMFlow, cond_rows
-from .objective import COUPLINGS, RMFlowObjective
-from .pairing import PAIRINGS, minibatch_ot_permutation, transport_cost
+from .model import RMFlow
+from .objective import LikelihoodSchedule, ObjectiveOutput, RMFlowObjective
+from .pairing import (PAIRINGS, IndependentPairing, InversePairing, MinibatchOTPairing, Pairing, Pairs, SelfPairing,
+                      minibatch_ot_permutation, transport_cost)
 from .path import LinearPath, PathSample
-from .refine import FixedScale, LearnedScale, MixtureRefiner, scale_nll
+from .refine import FixedScale, LearnedScale, MixtureRefiner, Refiner, scale_nll
+from .rows import cat_rows, cond_rows, to_device
 from .samplers import SampleResult, flow_matching_ode, meanflow, one_step, sample
 from .sources import GaussianSource, GuidedSource
 from .space import EuclideanSpace
+from .teacher import TeacherPairing
 from .times import TimeSampler
 
 __all__ = [
-    "mean_velocity_time_derivative", "unwrap", "CMFMLoss", "masked_sq_norm", "RMFlow", "cond_rows",
-    "RMFlowObjective", "COUPLINGS", "PAIRINGS", "minibatch_ot_permutation", "transport_cost", "LinearPath", "PathSample",
-    "FixedScale", "LearnedScale", "MixtureRefiner", "scale_nll", "SampleResult", "flow_matching_ode", "meanflow", "one_step",
-    "sample", "GaussianSource", "GuidedSource", "EuclideanSpace", "TimeSampler",
+    "CMFMLoss", "masked_sq_norm", "mean_velocity_time_derivative", "unwrap", "RMFlow", "LikelihoodSchedule",
+    "ObjectiveOutput", "RMFlowObjective", "PAIRINGS", "IndependentPairing", "InversePairing", "MinibatchOTPairing",
+    "Pairing", "Pairs", "SelfPairing", "TeacherPairing", "minibatch_ot_permutation", "transport_cost", "LinearPath",
+    "PathSample", "FixedScale", "LearnedScale", "MixtureRefiner", "Refiner", "scale_nll", "cat_rows", "cond_rows",
+    "to_device", "SampleResult", "flow_matching_ode", "meanflow", "one_step", "sample", "GaussianSource",
+    "GuidedSource", "EuclideanSpace", "TimeSampler",
 ]

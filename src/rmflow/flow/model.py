@@ -1,30 +1,11 @@
 """RMFlow: the average-velocity network together with its source and its refinement scale."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .refine import FixedScale
 from .sources import GaussianSource
 from .space import EuclideanSpace
-
-
-def cond_rows(cond, index):
-    """Rows `index` (a slice or index tensor) of a condition or mask: None, a tensor, or a dict of tensors."""
-    if cond is None:
-        return None
-    if isinstance(cond, dict):
-        return {key: v[index] for key, v in cond.items()}
-    return cond[index]
-
-
-def cat_rows(a, b):
-    """Rows of `a` followed by rows of `b` (conditions or masks: both None, tensors, or dicts of tensors)."""
-    if a is None and b is None:
-        return None
-    if isinstance(a, dict):
-        return {key: torch.cat([v, b[key]]) for key, v in a.items()}
-    return torch.cat([a, b])
 
 
 class RMFlow(nn.Module):

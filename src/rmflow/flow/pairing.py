@@ -1,17 +1,118 @@
-"""Couplings between source samples x0 and data samples, for the L_CMFM path and for L_NLL.
+"""Pairings: which source point x0 is paired with which partner in the likelihood term
 
-Which x0 is paired with which data point inside L_NLL decides whether the likelihood term helps or collapses
-the one-step map (docs/METHOD.md): with independent pairs, E‖y - f(x0)‖² is minimised by f ≡ E[y].
+    L_NLL = ‖y − (x0 + u_θ(x0, 0, 1))‖²,   y = partner + σ_min·ε.
+
+Whether that term helps or collapses the one-step map depends on the pairing alone (docs/METHOD.md): with
+independent pairs, E‖y − f(x0)‖² is minimised by f ≡ E[y]. Every pairing has one interface:
+
+    pairs(model, x_data, cond, mask) -> Pairs         the noise-free partners of k rows (k = len(x_data))
+    start_likelihood_stage(source)                      the stage boundary (the teacher freezes `source` here)
+    observe(pairs, x_hat)                               the one-step outputs of the pairs, after each step
+    checkpoint_tensors() / load_checkpoint_tensors()    state a resumed run needs
+
+This module holds the pairings that need no state: "independent" (paper-literal), "minibatch_ot", "inverse" and
+"self"; the frozen teacher with its bank, focus and filter is in flow/teacher.py.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 
-PAIRINGS = ("independent", "minibatch_ot", "inverse", "teacher", "self")
+from . import samplers
+
+PAIRINGS = ("independent", "minibatch_ot", "inverse", "self", "teacher")
 
 
+class Pairs(NamedTuple):
+    """Likelihood pairs: x0 and its noise-free partner y, (k, *D); their condition and mask rows (or None);
+    bank_idx (k,) when the pairs come from a bank that keeps an error per pair, else None."""
+    x0: torch.Tensor
+    y: torch.Tensor
+    cond: object = None
+    mask: torch.Tensor | None = None
+    bank_idx: torch.Tensor | None = None
+
+
+class Pairing(nn.Module):
+    """The base: a stateless pairing; subclasses implement `pairs`. An nn.Module so that a frozen teacher moves
+    with the objective (`.to(device)`)."""
+
+    def pairs(self, model, x_data: torch.Tensor, cond=None, mask=None) -> Pairs:
+        raise NotImplementedError
+
+    def start_likelihood_stage(self, source: nn.Module) -> None:
+        """Called once, at the step where L_NLL starts, with the weights a teacher would freeze."""
+
+    def observe(self, pairs: Pairs, x_hat: torch.Tensor) -> None:
+        """Called after L_NLL is computed with x_hat = x0 + u_θ(x0, 0, 1) (k, *D) of `pairs`."""
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class IndependentPairing(Pairing):
+    """x0 ~ source, independent of the data row: the paper's literal reading (collapses onto E[x_data])."""
+
+    def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:
+        return Pairs(model.draw_source(x_data, cond, mask), x_data, cond, mask)
+
+
+class MinibatchOTPairing(Pairing):
+    """x0 ~ source, re-ordered by exact optimal transport to the data rows."""
+
+    def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:
+        x0 = model.draw_source(x_data, cond, mask)
+        return Pairs(x0[minibatch_ot_permutation(x0, x_data)], x_data, cond, mask)
+
+
+class InversePairing(Pairing):
+    """x0 = sg(x_data − u_θ(x_data, 1, 0)): the model's own one-step inverse of the data row."""
+
+    def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:
+        model.draw_source(x_data, cond, mask)   # drawn and unused: keeps the random stream of the other pairings
+        with torch.no_grad():
+            x0 = samplers.meanflow(Reverse(model), x_data, 1, cond, mask).x
+        return Pairs(x0, x_data, cond, mask)
+
+
+class SelfPairing(Pairing):
+    """x0 ~ source, partner sg(T_k(x0)), T_k the k-step MeanFlow map of the current model."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+
+    def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:
+        # the partner is a stop-gradient function of x0, so no gradient may reach φ_ω through x0 either
+        # (it would only see the student's side and push ‖φ_ω(c)‖ to grow)
+        x0 = model.draw_source(x_data, cond, mask).detach()
+        with torch.no_grad():
+            y = samplers.meanflow(self.transport(model), x0, self.steps, cond, mask).x
+        return Pairs(x0, y, cond, mask)
+
+    def transport(self, model) -> nn.Module:
+        return model
+
+
+class Reverse(nn.Module):
+    """u(x, 1 - t, 1 - r): the model run backwards in time, so meanflow(Reverse(m), x1, 1) = x1 - u(x1, 1, 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, r, cond=None, mask=None):
+        return -self.model(x, 1 - t, 1 - r, cond, mask)
+
+
+# ------------------------------------------------------------------------------------------------ geometry
 def minibatch_ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """Exact optimal assignment for the squared Euclidean cost inside a batch.
 

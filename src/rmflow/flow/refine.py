@@ -18,7 +18,22 @@ from .path import expand_time
 from .space import EuclideanSpace
 
 
-class _GaussianRefinement(nn.Module):
+class Refiner(nn.Module):
+    """The interface of a refinement (each class below implements it):
+
+        refine(x0, x_hat, space, cond, mask, generator) -> x̂_tgt (B, *D)           the sampler's last step
+        likelihood(x0, x_hat, y, residual_sq, dof, cond) -> (terms (k,) or None, stats)
+                                   the refiner's own terms added to λ1·L_NLL (its own parameters' training signal)
+        ema: bool                  whether the trainer's EMA averages the refiner's weights (False: it copies them)
+    """
+
+    ema = True
+
+    def likelihood(self, x0, x_hat, y, residual_sq, dof, cond=None) -> tuple[torch.Tensor | None, dict]:
+        return None, {}
+
+
+class _GaussianRefinement(Refiner):
     """x̂_tgt = x̂1 + s·ε2 in the task's space, s = self(B, cond): (B,)."""
 
     def refine(self, x0, x_hat, space, cond=None, mask=None, generator=None) -> torch.Tensor:
@@ -29,8 +44,6 @@ class _GaussianRefinement(nn.Module):
 
 class FixedScale(_GaussianRefinement):
     """s = sqrt(σ_min² - σ²), the paper's choice."""
-
-    learned = False
 
     def __init__(self, sigma_min: float, sigma: float):
         super().__init__()
@@ -46,9 +59,8 @@ class FixedScale(_GaussianRefinement):
 
 
 class LearnedScale(_GaussianRefinement):
-    """s = exp(log_s) (a scalar), or s = exp(g(c)) for a network g of the condition; always positive."""
-
-    learned = True
+    """s = exp(log_s) (a scalar), or s = exp(g(c)) for a network g of the condition; always positive. Trained by
+    L_scale (module docstring) on the detached residual."""
 
     def __init__(self, init: float, cond_net: nn.Module | None = None):
         super().__init__()
@@ -63,6 +75,10 @@ class LearnedScale(_GaussianRefinement):
             log_s = log_s + self.cond_net(cond).reshape(batch_size)
         return log_s.exp()
 
+    def likelihood(self, x0, x_hat, y, residual_sq, dof, cond=None):
+        scale = self(len(x0), cond)
+        return scale_nll(residual_sq.detach(), scale, dof), {"refine_scale": scale.detach().mean()}
+
 
 def scale_nll(residual_sq: torch.Tensor, scale: torch.Tensor, dof: torch.Tensor) -> torch.Tensor:
     """Gaussian negative log-likelihood (without the 2π constant) of a residual with ‖·‖² = residual_sq:
@@ -70,7 +86,7 @@ def scale_nll(residual_sq: torch.Tensor, scale: torch.Tensor, dof: torch.Tensor)
     return residual_sq / (2 * scale ** 2) + dof * torch.log(scale)
 
 
-class MixtureRefiner(nn.Module):
+class MixtureRefiner(Refiner):
     """A refinement that may jump: a K-component Gaussian mixture around the one-step output,
 
         p(y | x0) = Σ_k π_k N(y; x̂1 + δ_k, s² I),     (δ_1..δ_K, logits of π) = g(x0, x̂1),
@@ -84,16 +100,11 @@ class MixtureRefiner(nn.Module):
     negative log-likelihood times s², so that it is on the scale of a squared error).
     """
 
-    learned = False
-    mixture = True
+    ema = False   # g starts training with stage 2: an average would keep e^(-n(1-decay)) of its random start
 
     def __init__(self, dim: int, components: int, sigma_min: float, sigma: float, hidden: int = 256,
                  pick: str = "argmax"):
         super().__init__()
-        if components < 2 or dim < 1:
-            raise ValueError(f"need components >= 2 and dim >= 1, got {components} and {dim}")
-        if pick not in ("argmax", "sample"):
-            raise ValueError(f"pick must be 'argmax' or 'sample', got {pick!r}")
         self.pick = pick
         self.scale = FixedScale(sigma_min, sigma)
         self.dim, self.components = dim, components
@@ -119,6 +130,10 @@ class MixtureRefiner(nn.Module):
         s2 = self.scale.value ** 2
         sq = (y.unsqueeze(1) - means).pow(2).sum(-1)
         return -s2 * torch.logsumexp(log_w - sq / (2 * s2), dim=-1)
+
+    def likelihood(self, x0, x_hat, y, residual_sq, dof, cond=None):
+        mix = self.nll(x0, x_hat, y)
+        return mix, {"nll_mixture": mix.detach().mean()}
 
     def refine(self, x0, x_hat, space=None, cond=None, mask=None, generator=None) -> torch.Tensor:
         """One draw of x̂_tgt per row: (B, D): the chosen component's mean, then the fixed-scale Gaussian step."""

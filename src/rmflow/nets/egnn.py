@@ -15,6 +15,10 @@ padding. The network has no attention kernels, so torch.func.jvp (forward-mode A
 
 Equivariance: rotating/reflecting/translating the positions rotates/reflects the position output (translations
 cancel) and leaves the feature output unchanged; permuting atoms permutes the outputs.
+
+Padding is dropped by selection (torch.where), never by multiplying with the mask: 0 · inf is NaN, so a padded row
+holding inf/NaN would otherwise poison every sum over atoms. Whatever padded rows hold, real atoms' outputs equal
+those of zero padding; for finite inputs selection and multiplication give the same numbers.
 """
 from __future__ import annotations
 
@@ -24,9 +28,18 @@ from torch import nn
 from .embeddings import SinusoidalEmbedding, TimePairEmbedding
 
 
+def _keep(mask: torch.Tensor) -> torch.Tensor:
+    """A mask (float 0/1 or bool, any shape) as bool: True where the entry is real."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
 def _remove_mean(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    n = mask.sum(1, keepdim=True).clamp(min=1.0)
-    return (pos - (pos * mask).sum(1, keepdim=True) / n) * mask
+    """pos (B, N, 3) minus its mean over real atoms, zero on padding; mask (B, N, 1) float 0/1 or bool.
+
+    Padded rows of pos are ignored whatever they hold (inf and NaN included)."""
+    keep = _keep(mask)
+    n = mask.to(pos.dtype).sum(1, keepdim=True).clamp(min=1.0)
+    return torch.where(keep, pos - torch.where(keep, pos, 0).sum(1, keepdim=True) / n, 0)
 
 
 class EGNNLayer(nn.Module):
@@ -48,16 +61,19 @@ class EGNNLayer(nn.Module):
         self.coords_range, self.norm_constant, self.eps, self.norm_factor = coords_range, norm_constant, eps, norm_factor
 
     def forward(self, h, p, d2_init, node_mask, edge_mask):
+        """h (B, N, H), p (B, N, 3), d2_init (B, N, N, 1); node_mask (B, N, 1) and edge_mask (B, N, N, 1), float 0/1
+        or bool. Returns the new (h, p), zero on padding; messages of masked edges are dropped by selection."""
+        node_keep, edge_keep = _keep(node_mask), _keep(edge_mask)
         diff = p[:, :, None, :] - p[:, None, :, :]                       # (B, N, N, 3)
         d2 = diff.pow(2).sum(-1, keepdim=True)                            # (B, N, N, 1)
         dist = torch.sqrt(d2 + self.eps)
         pre = self.src(h)[:, :, None, :] + self.dst(h)[:, None, :, :] + self.dist(torch.cat([d2, d2_init], -1))
         m = self.edge_out(pre)                                            # (B, N, N, H)
-        m = m * torch.sigmoid(self.gate(m)) * edge_mask
+        m = torch.where(edge_keep, m * torch.sigmoid(self.gate(m)), 0)
         agg = m.sum(2) / self.norm_factor                                 # (B, N, H)
-        h = (h + self.node(torch.cat([h, agg], -1))) * node_mask
+        h = torch.where(node_keep, h + self.node(torch.cat([h, agg], -1)), 0)
         step = diff / (dist + self.norm_constant) * torch.tanh(self.coord(m)) * self.coords_range
-        p = (p + (step * edge_mask).sum(2) / self.norm_factor) * node_mask
+        p = torch.where(node_keep, p + torch.where(edge_keep, step, 0).sum(2) / self.norm_factor, 0)
         return h, p
 
 
@@ -93,21 +109,22 @@ class EGNN(nn.Module):
         if d != self.num_pos + self.num_features:
             raise ValueError(f"EGNN expects x of shape (B, N, {self.num_pos + self.num_features}), got {tuple(x.shape)}")
         node_mask = torch.ones(b, n, 1, device=x.device, dtype=x.dtype) if mask is None else mask.to(x.dtype)
-        eye = torch.eye(n, device=x.device, dtype=x.dtype)
-        edge_mask = (node_mask[:, :, None, :] * node_mask[:, None, :, :]) * (1 - eye)[None, :, :, None]
-        p0 = _remove_mean(x[..., :self.num_pos] * node_mask, node_mask)
-        feats = x[..., self.num_pos:] * node_mask
+        keep = _keep(node_mask)                                           # (B, N, 1) bool
+        eye = torch.eye(n, device=x.device, dtype=torch.bool)
+        edge_keep = keep[:, :, None, :] & keep[:, None, :, :] & ~eye[None, :, :, None]   # (B, N, N, 1)
+        p0 = _remove_mean(torch.where(keep, x[..., :self.num_pos], 0), keep)   # padding -> 0, whatever it held
+        feats = torch.where(keep, x[..., self.num_pos:], 0)
         if self.cond_dim:
             if cond is None:
                 raise ValueError("this EGNN was built with cond_dim > 0 and needs a context tensor (B, cond_dim)")
             feats = torch.cat([feats, cond.reshape(b, 1, self.cond_dim).expand(b, n, self.cond_dim).to(x.dtype)], -1)
         temb = self.time(t, r)                                            # (B, H)
-        h = self.embed(feats) * node_mask
+        h = torch.where(keep, self.embed(feats), 0)
         d2_init = (p0[:, :, None, :] - p0[:, None, :, :]).pow(2).sum(-1, keepdim=True)
         p = p0
         for layer, proj in zip(self.layers, self.time_proj):
-            h = h + proj(temb)[:, None, :] * node_mask
-            h, p = layer(h, p, d2_init, node_mask, edge_mask)
+            h = h + torch.where(keep, proj(temb)[:, None, :], 0)
+            h, p = layer(h, p, d2_init, keep, edge_keep)
         vel_pos = _remove_mean(p - p0, node_mask)
-        vel_feat = self.readout(h) * node_mask
+        vel_feat = torch.where(keep, self.readout(h), 0)
         return torch.cat([vel_pos, vel_feat], dim=-1)

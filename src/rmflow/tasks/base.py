@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..flow import FixedScale, GaussianSource, GuidedSource, LearnedScale, MixtureRefiner, RMFlow
 
 

@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..flow import CMFMLoss, RMFlowObjective
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -130,25 +129,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
-class Float32TargetCMFM(CMFMLoss):
-    """L_CMFM whose stop-gradient target v + (r - t)·du/dt (the JVP) is computed with autocast disabled, i.e. in
-    the inputs' dtype (float32), while the gradient-carrying forward u_θ(x_t, t, r) follows the ambient autocast.
-    The squared error and the adaptive weight are already computed in float32 by CMFMLoss."""
-
-    def target(self, net, x_t, t, r, v, cond=None, mask=None):
-        with torch.autocast(x_t.device.type, enabled=False):
-            return super().target(net, x_t, t, r, v, cond, mask)
-
-
-def float32_target(cmfm: CMFMLoss) -> CMFMLoss:
-    """The same L_CMFM (same time sampler and weights) with the JVP target kept out of autocast."""
-    if isinstance(cmfm, Float32TargetCMFM):
-        return cmfm
-    out = Float32TargetCMFM.__new__(Float32TargetCMFM)
-    out.__dict__.update(cmfm.__dict__)
-    return out
-
-
 class Autocast(nn.Module):
     """Runs the wrapped loss module under torch.autocast(device_type, dtype); outputs keep their own dtypes
     (the objective returns float32 per-sample losses). `.module` is the wrapped module (see flow.jvp.unwrap)."""
@@ -200,7 +180,7 @@ class CompiledWithFallback(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- assembly
-def prepare_loss_module(objective: RMFlowObjective, device: torch.device, ctx: DistContext | None = None,
+def prepare_loss_module(objective: nn.Module, device: torch.device, ctx: DistContext | None = None,
                         precision: str = "fp32", compile: bool = False, compile_backend: str = "inductor",
                         find_unused_parameters: bool = True) -> nn.Module:
     """The module the trainer calls: objective [-> Autocast] [-> DDP] [-> compiled with fallback].
@@ -212,9 +192,7 @@ def prepare_loss_module(objective: RMFlowObjective, device: torch.device, ctx: D
     ctx = ctx or DistContext(device=device)
     module: nn.Module = objective
     dtype = resolve_precision(precision, device)
-    if dtype is not None:
-        if isinstance(getattr(objective, "cmfm", None), CMFMLoss):
-            objective.cmfm = float32_target(objective.cmfm)
+    if dtype is not None:   # the objective computes the JVP target and the losses in float32 itself
         module = Autocast(module, device.type, dtype)
     if ctx.distributed:
         if not dist.is_initialized():

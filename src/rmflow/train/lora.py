@@ -22,31 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import check
-from .ema import EMA
+from ..errors import check
+from ..tasks.lora import LoRAConfig
+from .build import build_ema, build_optimizer
 from .trainer import Trainer
-
-DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out", "conv1", "conv2", "emb_proj"]
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = 0                   # 0: no LoRA stage (plain one-stage training)
-    alpha: float = 8.0              # LoRA scaling α (the update is (α/rank)·B A)
-    dropout: float = 0.0
-    target_modules: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    train_encoder: bool = False     # φ_ω keeps training in stage 2 (with pairing "teacher" it drifts: see
-                                    # docs/results/text2image.md)
-    from_ema: bool = True           # stage 2 starts from the stage-1 EMA weights
-    lr: float = 0.0                 # stage-2 learning rate; 0 = train.lr
-
-    def validate(self, key: str) -> None:
-        check(self.rank >= 0, f"{key}.rank", "must be >= 0")
-        check(self.alpha > 0, f"{key}.alpha", "must be > 0")
-        check(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
-        check(len(self.target_modules) > 0, f"{key}.target_modules", "must name at least one layer")
-        check(self.lr >= 0, f"{key}.lr", "must be >= 0")
-
 
 def lora_config_of(cfg) -> LoRAConfig | None:
     """The LoRA section of a config (cfg.model.lora) when it asks for a LoRA stage, else None."""
@@ -70,8 +49,7 @@ def inject_lora(model: nn.Module, lora: LoRAConfig) -> nn.Module:
     encoder = getattr(model.source, "encoder", None)
     if encoder is not None and lora.train_encoder:
         encoder.requires_grad_(True)
-    if getattr(model.refiner, "learned", False):
-        model.refiner.requires_grad_(True)
+    model.refiner.requires_grad_(True)     # a learned refinement (if any) keeps training
     return model
 
 
@@ -108,8 +86,13 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def _teacher_already_frozen(source: nn.Module) -> None:
-    """Stands in for RMFlowObjective.freeze_teacher once stage 2 began: the teacher keeps the stage-1 weights."""
+def adapt_for_checkpoint(cfg, model: nn.Module, step: int) -> nn.Module:
+    """Give `model` the structure of a checkpoint written at `step`: LoRA adapters once the LoRA stage began
+    (after rmflow.nll_start_step), so that the checkpoint's weights load into it."""
+    lora = lora_config_of(cfg)
+    if lora is not None and step > cfg.rmflow.nll_start_step and not is_adapted(model):
+        inject_lora(model, lora)
+    return model
 
 
 class LoRATrainer(Trainer):
@@ -124,34 +107,26 @@ class LoRATrainer(Trainer):
         check(0 < self.stage2_step < cfg.train.steps, "rmflow.nll_start_step",
               f"is the LoRA stage boundary and must lie in (0, train.steps={cfg.train.steps})")
 
-    def start_lora_stage(self) -> None:
-        rm = self.cfg.rmflow
-        if self.objective.teacher is not None:
-            self.objective.freeze_teacher(self.ema.shadow if rm.teacher_source == "ema" else self.model)
-        self.objective.freeze_teacher = _teacher_already_frozen
+    def start_likelihood_stage(self) -> None:
+        """The stage boundary: the teacher freezes the stage-1 weights, then the model (from the stage-1 EMA when
+        `from_ema`) gets its adapters, and the EMA and the optimiser are rebuilt over the trainable weights."""
+        super().start_likelihood_stage()
         if self.lora.from_ema:
             self.model.load_state_dict(self.ema.shadow.state_dict())
         inject_lora(self.model, self.lora)
-        self.ema = EMA(self.model, self.cfg.train.ema_decay)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.lora.lr or self.cfg.train.lr,
-                                           weight_decay=self.cfg.train.weight_decay)
+        self.ema = build_ema(self.cfg, self.model)
+        self.optimizer = build_optimizer(self.cfg, self.model, self.lora.lr or None)
 
     def _lr(self, step: int) -> float:
         if step >= self.stage2_step and self.lora.lr:
             return self.lora.lr
         return super()._lr(step)
 
-    def train_step(self):
-        if self.step == self.stage2_step and not is_adapted(self.model):
-            self.start_lora_stage()
-        return super().train_step()
-
     def load(self, path, warm_start: bool = False) -> None:
         from .checkpoint import load_checkpoint
         _, state = load_checkpoint(path)
         if int(state["step"]) > self.stage2_step and not is_adapted(self.model):
-            self.start_lora_stage()     # rebuild the stage-2 structure, then load its weights
+            self.start_likelihood_stage()     # rebuild the stage-2 structure, then load its weights
         super().load(path, warm_start=warm_start)
 
     def save_adapter(self, directory: str | Path | None = None) -> Path:

@@ -15,33 +15,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, config_to_yaml
-from ..flow import CMFMLoss, RMFlowObjective, TimeSampler
-from ..tasks import get_task
+from ..flow import to_device
+from .build import build_ema, build_objective, build_optimizer, build_task, load_weights
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_mean, gather_rng_states, prepare_loss_module, rank_seed
-from .ema import EMA
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def to_device(value, device):
-    """A batch's cond/mask on the training device: None, a tensor, or a dict of tensors."""
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value.to(device) if torch.is_tensor(value) else value
-
-
-def build_objective(cfg: Config, model) -> RMFlowObjective:
-    f, rm = cfg.flow, cfg.rmflow
-    times = TimeSampler(f.time.dist, f.time.mean, f.time.std, f.time.ratio_neq, f.time.ratio_one_step)
-    cmfm = CMFMLoss(times, f.adaptive_p, f.adaptive_c, f.jvp)
-    return RMFlowObjective(model, cmfm, sigma=f.sigma, sigma_min=rm.sigma_min, lambda_nll=rm.lambda_nll,
-                           lambda_enc=rm.lambda_enc, pairing=rm.pairing, teacher_steps=rm.teacher_steps,
-                           nll_start_step=rm.nll_start_step, coupling=f.coupling, teacher_bank=rm.teacher_bank,
-                           nll_focus=rm.nll_focus, bank_seed=cfg.seed, teacher_filter=rm.teacher_filter,
-                           nll_batch=rm.nll_batch, focus_errors=rm.focus_errors, batch_split=rm.batch_split)
 
 
 class Trainer:
@@ -60,27 +41,13 @@ class Trainer:
         self.dist = dist or DistContext(device=torch.device(cfg.train.device))
         self.is_main = self.dist.is_main
         self.device = self.dist.device
-        self.task = task or get_task(cfg.task.name).factory(cfg)
+        self.task = task or build_task(cfg)
         self.model = self.task.build_model().to(self.device)
-        self.objective = build_objective(cfg, self.model).to(self.device)
-        if cfg.rmflow.teacher_filter > 0:   # a fixed data sample (its own RNG stream: resume rebuilds the same one)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed + 1_000_003)
-                self.objective.set_filter_reference(self.task.batch(cfg.rmflow.filter_reference).x.to(self.device))
-        rm = cfg.rmflow
-        if rm.teacher_bank > 0 and rm.pairing == "teacher" and rm.lambda_nll > 0:  # conditions of a conditional bank
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed + 2_000_003)
-                sample = self.task.batch(rm.teacher_bank)
-            if sample.cond is not None or sample.mask is not None:
-                self.objective.set_bank_conditions(to_device(sample.cond, self.device),
-                                                   to_device(sample.mask, self.device))
+        self.objective = build_objective(cfg, self.model, self.task, self.device)
         self.loss_module = prepare_loss_module(self.objective, self.device, self.dist, cfg.train.precision,
                                                cfg.train.compile)  # [autocast ->] [DDP ->] [compile]
-        self.ema = EMA(self.model, cfg.train.ema_decay,
-                       ("refiner.",) if getattr(self.model.refiner, "mixture", False) else ())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.ema = build_ema(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.step = 0
         self.history: list[float] = []
         if self.dist.rank > 0:  # same initial weights (DDP broadcasts rank 0's), different data and noise
@@ -97,10 +64,8 @@ class Trainer:
     def _tensors(self, rng_states: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         out.update({f"ema.{k}": v for k, v in self.ema.shadow.state_dict().items()})
-        if self.objective.teacher is not None:
-            out.update({f"teacher.{k}": v for k, v in self.objective.teacher.state_dict().items()})
-        if self.objective.focus_state is not None:
-            out["focus_errors"] = self.objective.focus_state
+        if self.objective.pairing is not None:
+            out.update(self.objective.pairing.checkpoint_tensors())
         for i, st in self.optimizer.state_dict()["state"].items():
             out.update({f"optim.{i}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
         rng_states = rng_states or [torch.get_rng_state()]
@@ -130,30 +95,23 @@ class Trainer:
         refiner may differ (fixed vs learned scale): the refiner then keeps its initial value, and new parameters
         (registered after the network's) start with fresh optimiser moments."""
         tensors, state = load_checkpoint(path)
-
-        def part(prefix):
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        modules = [(self.model, "model."), (self.ema.shadow, "ema.")]
-        if self.objective.teacher is not None and part("teacher."):  # absent in a checkpoint of stage 1
-            modules.append((self.objective.teacher, "teacher."))
-        for module, prefix in modules:
-            sd, own = part(prefix), module.state_dict()
-            sd = {k: v for k, v in sd.items() if not k.startswith("refiner.") or k in own}  # older fixed scales
-            if warm_start:
-                sd.update({k: v for k, v in own.items() if k.startswith("refiner.") and k not in sd})
-            module.load_state_dict(sd)
+        for module, prefix in ((self.model, "model."), (self.ema.shadow, "ema.")):
+            load_weights(module, tensors, prefix, warm_start)
+        if self.objective.pairing is not None:   # a warm start keeps no stored errors of another run
+            self.objective.pairing.load_checkpoint_tensors(
+                {k: v.to(self.device) for k, v in tensors.items()
+                 if k.startswith("teacher.") or (k == "focus_errors" and not warm_start)})
         optim_state: dict[int, dict] = {}
-        for k, v in part("optim.").items():
-            i, name = k.split(".", 1)
+        for k, v in tensors.items():
+            if not k.startswith("optim."):
+                continue
+            i, name = k[len("optim."):].split(".", 1)
             optim_state.setdefault(int(i), {})[name] = v
         groups = state["param_groups"]
         if warm_start:  # same hyper-parameters, this run's parameter list
             groups = [{**g, "params": cur["params"]} for g, cur in
                       zip(groups, self.optimizer.state_dict()["param_groups"])]
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-        if "focus_errors" in tensors and not warm_start:
-            self.objective.focus_state = tensors["focus_errors"].to(self.device)
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.history = int(state["step"]), list(state["history"])
         if self.dist.rank > 0:
@@ -182,12 +140,17 @@ class Trainer:
             lr *= 0.5 * (1 + math.cos(math.pi * (step - tc.lr_decay_start) / (tc.steps - tc.lr_decay_start)))
         return lr
 
+    def start_likelihood_stage(self) -> None:
+        """The stage boundary (step rmflow.nll_start_step): the pairing freezes its teacher from the EMA or the
+        model (rmflow.teacher_source). The LoRA trainer extends it."""
+        self.objective.start_likelihood_stage(self.ema.shadow if self.cfg.rmflow.teacher_source == "ema"
+                                              else self.model)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
-        rm = cfg.rmflow
+        if self.step == cfg.rmflow.nll_start_step:
+            self.start_likelihood_stage()
         self.objective.set_step(self.step)
-        if rm.pairing == "teacher" and rm.lambda_nll > 0 and self.step == rm.nll_start_step:
-            self.objective.freeze_teacher(self.ema.shadow if rm.teacher_source == "ema" else self.model)
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr(self.step)
         batch = self.task.batch(cfg.train.batch_size)

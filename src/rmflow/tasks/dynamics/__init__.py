@@ -8,7 +8,7 @@ FitzHugh–Nagumo units, and yearly sunspot numbers as real data.
 
 Evaluation: `reference(n, seed)` holds n = (number of contexts) × task.ensemble rows; conditional references are
 the first contexts of an evenly spaced, fixed list of test windows, each repeated `ensemble` times in a row
-(the seed does not change them, so the "data" row of `rmflow run` is the truth scored against itself, the
+(the seed does not change them, so the "data" row of `rmflow compare` is the truth scored against itself, the
 floor of every metric). Unconditional references are random test windows drawn with the seed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...config import check
+from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets.temporal import SequenceFlowNet
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
@@ -120,7 +120,7 @@ class DynamicsTask(Task):
         self.train_windows = Windows(self.data.normalised("train"), t.window_len, "task.system train split")
         self.test_windows = Windows(self.data.normalised("test"), t.window_len, "task.system test split")
         fmt = CONDITIONAL_FORMAT if self.conditional else UNCONDITIONAL_FORMAT
-        self.metric_format = {k: (LABELS[k], f) for k, f in fmt.items()}   # table columns of `rmflow run`
+        self.metric_format = {k: (LABELS[k], f) for k, f in fmt.items()}   # table columns of `rmflow compare`
 
     # -- model ----------------------------------------------------------------------------------------------
     def build_model(self):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...config import check
+from ...errors import check
 from ...nets import EGNN
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
 from .conditioning import ROUTES, MoleculeNet, PropertyEncoder

@@ -12,6 +12,10 @@ orders equals its valence (H 1, C 4, N 3, O 2, F 1); a molecule is stable when a
 Validity: an RDKit molecule with those bonds is sanitised; it is valid when sanitisation succeeds, and its
 largest fragment's canonical SMILES is kept. Uniqueness = distinct valid SMILES / valid; novelty = unique
 SMILES not among the training SMILES / unique (both as in EDM).
+
+Inputs are checked once at each public function: atom types of real atoms must be indices 0..4 (types on padding
+are ignored, e.g. the data's -1) and positions / types / mask must agree in shape; both raise ValueError saying
+what was expected. Arrays or torch tensors are accepted.
 """
 from __future__ import annotations
 
@@ -45,14 +49,40 @@ def _table(entries: dict) -> np.ndarray:
 BOND_LENGTHS = np.stack([_table(_SINGLE), _table(_DOUBLE), _table(_TRIPLE)])   # (3, 5, 5) pm
 
 
+def _array(a, dtype=None) -> np.ndarray:
+    return np.asarray(a.detach().cpu() if torch.is_tensor(a) else a, dtype=dtype)
+
+
+def _checked(positions, types, mask, batched: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions float64, types int64 with padding set to 0, mask bool) after checking shapes and atom types.
+
+    batched: positions (B, N, 3), types (B, N), mask (B, N); otherwise one molecule, (N, 3), (N,), (N,)."""
+    positions, types, mask = _array(positions, np.float64), _array(types), _array(mask, bool)
+    lead = mask.shape
+    if (mask.ndim != (2 if batched else 1) or types.shape != lead or positions.shape != (*lead, 3)):
+        want = "(B, N, 3), (B, N), (B, N)" if batched else "(N, 3), (N,), (N,)"
+        raise ValueError(f"positions, types and mask must have shapes {want}; got {positions.shape}, "
+                         f"{types.shape}, {mask.shape}")
+    bad = mask & ~np.isin(types, np.arange(len(ATOM_TYPES)))     # floats like 1.5, and NaN, are bad too
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        first = f"molecule {where[0]}, atom {where[1]}" if batched else f"atom {where[0]}"
+        raise ValueError(f"atom types must be indices 0..4 (H, C, N, O, F); got values "
+                         f"{np.unique(types[bad])[:10].tolist()} at {int(bad.sum())} real atom(s), first at {first}")
+    return positions, np.where(mask, types, 0).astype(np.int64), mask
+
+
 def bond_orders(positions: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """EDM's distance-table bond orders.
 
-    positions: (B, N, 3) in Å; types: (B, N) ints in 0..4; mask: (B, N) bool (real atoms).
-    Returns (B, N, N) int8 with zeros on the diagonal and wherever an atom is padding or a distance is NaN."""
-    positions = np.asarray(positions, dtype=np.float64)
-    types = np.clip(np.asarray(types, dtype=np.int64), 0, 4)
-    mask = np.asarray(mask, dtype=bool)
+    positions: (B, N, 3) in Å; types: (B, N) ints in 0..4 (any value on padding); mask: (B, N) bool (real atoms).
+    Returns (B, N, N) int8 with zeros on the diagonal and wherever an atom is padding or a distance is NaN.
+    Raises ValueError for mismatched shapes or a real atom's type outside 0..4."""
+    return _bond_orders(*_checked(positions, types, mask))
+
+
+def _bond_orders(positions: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """bond_orders on checked inputs (_checked's output)."""
     diff = positions[:, :, None, :] - positions[:, None, :, :]
     dist = np.sqrt((diff ** 2).sum(-1)) * 100.0                                    # pm
     ti, tj = types[:, :, None], types[:, None, :]
@@ -67,27 +97,46 @@ def bond_orders(positions: np.ndarray, types: np.ndarray, mask: np.ndarray) -> n
 def stability(positions, types, mask) -> tuple[np.ndarray, np.ndarray]:
     """Per-atom stability (B, N) bool (False on padding) and per-molecule stability (B,) bool.
 
-    A molecule without atoms is counted unstable."""
-    mask = np.asarray(mask, dtype=bool)
-    valence_sum = bond_orders(positions, types, mask).sum(-1)
-    want = VALENCE[np.clip(np.asarray(types, dtype=np.int64), 0, 4)]
+    Shapes and types as for bond_orders. A molecule without atoms is counted unstable."""
+    return _stability(*_checked(positions, types, mask))
+
+
+def _stability(positions, types, mask) -> tuple[np.ndarray, np.ndarray]:
+    valence_sum = _bond_orders(positions, types, mask).sum(-1)
+    want = VALENCE[types]
     atom_ok = (valence_sum == want) & mask
     mol_ok = (atom_ok | ~mask).all(1) & mask.any(1)
     return atom_ok, mol_ok
 
 
 def build_rdkit(positions, types, mask, orders=None):
-    """An RDKit RWMol (not sanitised) of one molecule: positions (N, 3), types (N,), mask (N,)."""
+    """An RDKit RWMol (not sanitised) of one molecule: positions (N, 3), types (N,) in 0..4, mask (N,).
+
+    orders: (N, N) bond orders, or None to compute them with bond_orders."""
+    positions, types, mask = _checked(positions, types, mask, batched=False)
+    return _build_rdkit(positions, types, mask, _checked_orders(orders, len(mask)))
+
+
+def _checked_orders(orders, n: int) -> np.ndarray | None:
+    if orders is None:
+        return None
+    orders = _array(orders)
+    if orders.shape != (n, n):
+        raise ValueError(f"orders must have shape (N, N) = {(n, n)} for N = {n} atoms; got {orders.shape}")
+    return orders
+
+
+def _build_rdkit(positions, types, mask, orders=None):
+    """build_rdkit on checked inputs."""
     from rdkit import Chem
 
-    mask = np.asarray(mask, dtype=bool)
     idx = np.flatnonzero(mask)
     if orders is None:
-        orders = bond_orders(np.asarray(positions)[None], np.asarray(types)[None], mask[None])[0]
+        orders = _bond_orders(positions[None], types[None], mask[None])[0]
     bond_type = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
     mol = Chem.RWMol()
     for i in idx:
-        mol.AddAtom(Chem.Atom(ATOM_TYPES[int(np.clip(types[i], 0, 4))]))
+        mol.AddAtom(Chem.Atom(ATOM_TYPES[int(types[i])]))
     for a, i in enumerate(idx):
         for b in range(a + 1, len(idx)):
             o = int(orders[i, idx[b]])
@@ -107,12 +156,19 @@ def _sanitised_smiles(mol):
 
 
 def molecule_smiles(positions, types, mask, orders=None) -> str | None:
-    """Largest-fragment canonical SMILES if the molecule sanitises, else None (EDM's validity)."""
+    """Largest-fragment canonical SMILES if the molecule sanitises, else None (EDM's validity).
+
+    One molecule: positions (N, 3), types (N,) in 0..4, mask (N,); orders (N, N) or None, as for build_rdkit."""
+    positions, types, mask = _checked(positions, types, mask, batched=False)
+    return _molecule_smiles(positions, types, mask, _checked_orders(orders, len(mask)))
+
+
+def _molecule_smiles(positions, types, mask, orders=None) -> str | None:
     from rdkit import Chem
 
-    if not np.asarray(mask, dtype=bool).any():
+    if not mask.any():
         return None
-    mol = build_rdkit(positions, types, mask, orders)
+    mol = _build_rdkit(positions, types, mask, orders)
     if _sanitised_smiles(mol) is None:
         return None
     frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
@@ -121,16 +177,21 @@ def molecule_smiles(positions, types, mask, orders=None) -> str | None:
 
 
 def smiles_list(positions, types, mask, batch: int = 2048) -> list[str | None]:
-    """molecule_smiles for every molecule of a batch (B, N, ...); RDKit's sanitisation messages are silenced."""
+    """molecule_smiles for every molecule of a batch (B, N, ...); RDKit's sanitisation messages are silenced.
+
+    Shapes and types as for bond_orders."""
+    return _smiles_list(*_checked(positions, types, mask), batch)
+
+
+def _smiles_list(positions, types, mask, batch: int = 2048) -> list[str | None]:
     from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
     out = []
-    positions, types, mask = (np.asarray(a) for a in (positions, types, mask))
     for s in range(0, len(positions), batch):
-        orders = bond_orders(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
+        orders = _bond_orders(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
         for k in range(orders.shape[0]):
-            out.append(molecule_smiles(positions[s + k], types[s + k], mask[s + k], orders[k]))
+            out.append(_molecule_smiles(positions[s + k], types[s + k], mask[s + k], orders[k]))
     return out
 
 
@@ -143,18 +204,17 @@ def evaluate_molecules(positions, types, mask, training_smiles: set | None = Non
     """EDM's metrics for B molecules: positions (B, N, 3) Å, types (B, N) 0..4, mask (B, N).
 
     Returns atom_stable (stable atoms / real atoms), mol_stable, valid, unique (of valid), novel (of unique;
-    only when training_smiles is given) and the counts. Empty input gives NaN rates, never an exception."""
-    positions = np.asarray(positions.detach().cpu() if torch.is_tensor(positions) else positions, np.float64)
-    types = np.asarray(types.detach().cpu() if torch.is_tensor(types) else types)
-    mask = np.asarray(mask.detach().cpu() if torch.is_tensor(mask) else mask, dtype=bool)
+    only when training_smiles is given) and the counts. Empty input gives NaN rates, never an exception; mismatched
+    shapes or a real atom's type outside 0..4 raise ValueError."""
+    positions, types, mask = _checked(positions, types, mask)
     n_mol = positions.shape[0]
     n_atoms, n_stable_atoms, n_stable_mols = 0, 0, 0
     for s in range(0, n_mol, batch):
-        atom_ok, mol_ok = stability(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
+        atom_ok, mol_ok = _stability(positions[s:s + batch], types[s:s + batch], mask[s:s + batch])
         n_atoms += int(mask[s:s + batch].sum())
         n_stable_atoms += int(atom_ok.sum())
         n_stable_mols += int(mol_ok.sum())
-    smiles = smiles_list(positions, types, mask, batch)
+    smiles = _smiles_list(positions, types, mask, batch)
     valid = [s for s in smiles if s is not None]
     unique = set(valid)
     out = {"atom_stable": _rate(n_stable_atoms, n_atoms), "mol_stable": _rate(n_stable_mols, n_mol),
@@ -166,6 +226,13 @@ def evaluate_molecules(positions, types, mask, training_smiles: set | None = Non
 
 
 def decode(x: torch.Tensor, mask: torch.Tensor, num_pos: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Model samples (B, N, 3 + 5) and mask (B, N, 1) -> positions (B, N, 3), types (B, N) argmax, mask (B, N)."""
+    """Model samples (B, N, 3 + 5) and mask (B, N, 1) -> positions (B, N, 3), types (B, N) argmax, mask (B, N).
+
+    The argmax over the 5 type features always gives indices 0..4. Raises ValueError for other shapes."""
+    n_types = len(ATOM_TYPES)
+    if x.dim() != 3 or x.shape[-1] != num_pos + n_types or tuple(mask.shape) not in (
+            (*x.shape[:2], 1), tuple(x.shape[:2])):
+        raise ValueError(f"decode expects x (B, N, {num_pos} + {n_types}) and mask (B, N, 1) or (B, N); got "
+                         f"{tuple(x.shape)} and {tuple(mask.shape)}")
     m = mask.reshape(x.shape[0], x.shape[1]) > 0.5
     return x[..., :num_pos], x[..., num_pos:].argmax(-1), m

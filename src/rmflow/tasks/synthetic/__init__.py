@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...config import check
+from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets import MLP
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task

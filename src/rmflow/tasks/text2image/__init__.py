@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import check
-from ...train.lora import LoRAConfig
+from ...errors import check
+from ..lora import LoRAConfig
 from ..base import TaskSpec, register_task
 from .task import Text2ImageTask
 

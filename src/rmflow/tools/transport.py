@@ -1,6 +1,6 @@
 """Where a one-step map goes wrong: the source plane coloured by the mode each source point is sent to.
 
-    python -m rmflow.tasks.synthetic.transport STUDENT_RUN TEACHER_RUN [--steps 8] [--out map.png]
+    python -m rmflow.tools.transport STUDENT_RUN TEACHER_RUN [--steps 8] [--out map.png]
 
 STUDENT_RUN is a finished run whose EMA model's one-step map f(x0) = x0 + u(x0, 0, 1) is examined (no refinement
 noise); TEACHER_RUN a finished run whose k-step MeanFlow transport T_k is the reference. For x0 on a grid over
@@ -13,23 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
-
 import torch
 
-from ...config import load_config
-from ...flow import meanflow
-from ...train import Trainer
-
-
-def load_ema(run: str | Path):
-    """The EMA model and task of a finished run folder (its config.yaml and newest checkpoint)."""
-    run = Path(run)
-    trainer = Trainer(load_config(str(run / "config.yaml")))
-    trainer.run_dir = run
-    if not trainer.resume():
-        raise FileNotFoundError(f"{run} has no checkpoint")
-    return trainer.ema.shadow.eval(), trainer.task
+from ..flow import meanflow
+from ..train.build import load_run
 
 
 @torch.no_grad()
@@ -96,8 +83,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=8, help="k of the teacher's k-step MeanFlow transport")
     p.add_argument("--out", default=None, help="figure path (png); none: print only")
     a = p.parse_args(argv)
-    student, task = load_ema(a.student)
-    teacher, _ = load_ema(a.teacher)
+    student, task, _ = load_run(a.student)
+    teacher, _, _ = load_run(a.teacher)
     density = task.density
     if not hasattr(density, "means") or density.dim != 2:
         raise SystemExit("this diagnostic needs 2-D data with mode centres (ring8, grid25)")

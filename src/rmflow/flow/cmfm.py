@@ -3,7 +3,10 @@
     target = v + (r - t) · du/dt,            du/dt = ∂_x u · v + ∂_t u   (exact JVP, stop-gradient)
     L_CMFM = w · ‖u_θ(x_t, t, r) - sg(target)‖²,   w = sg(1 / (‖Δ‖² + c)^p)   (w = 1 when p = 0)
 
-with x_t = (1 - t) x0 + t x1 and v = x1 - x0. At r = t the target is v: plain flow matching.
+with x_t = (1 - t) x0 + t x1 and v = x1 - x0. At r = t the target is v: plain flow matching, so with
+`ratio_neq = 0` no JVP runs at all. The target is always computed in float32 (outside any autocast region), and
+with `jvp_subset` the JVP runs only on the rows with r != t (the target on the others is v whatever du/dt is: the
+same loss, a smaller JVP; row-wise results may differ from the full-batch JVP by float32 round-off).
 """
 from __future__ import annotations
 
@@ -12,15 +15,16 @@ from dataclasses import dataclass
 import torch
 
 from .jvp import mean_velocity_time_derivative, unwrap
-from .model import cat_rows
 from .path import LinearPath, expand_time
+from .rows import cat_rows, cond_rows
 from .times import TimeSampler
 
 
 def masked_sq_norm(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """‖x‖² per sample: x (B, *D) -> (B,), counting only entries where mask (broadcastable to x) is 1."""
+    """‖x‖² per sample: x (B, *D) -> (B,), counting only entries where mask (broadcastable to x) is 1. Entries
+    outside the mask are selected away, not multiplied by 0, so non-finite padding cannot leak into the sum."""
     if mask is not None:
-        x = x * mask
+        x = torch.where(mask.bool(), x, x.new_zeros(()))
     return x.float().pow(2).flatten(1).sum(1)
 
 
@@ -36,18 +40,26 @@ class CMFMLoss:
     """Per-sample L_CMFM for a model u(x, t, r, cond, mask)."""
 
     def __init__(self, time_sampler: TimeSampler, adaptive_p: float = 1.0, adaptive_c: float = 1e-3,
-                 jvp_backend: str = "func"):
-        if adaptive_p < 0 or adaptive_c <= 0:
-            raise ValueError("adaptive weighting needs p >= 0 and c > 0")
+                 jvp_backend: str = "func", jvp_subset: bool = False):
         self.path = LinearPath()
         self.times = time_sampler
         self.p, self.c = adaptive_p, adaptive_c
-        self.jvp_backend = jvp_backend
+        self.jvp_backend, self.jvp_subset = jvp_backend, jvp_subset
 
     def target(self, net, x_t, t, r, v, cond=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stop-gradient MeanFlow target v + (r - t)·du/dt, (B, *D), and du/dt."""
-        _, dudt = mean_velocity_time_derivative(unwrap(net), x_t, t, r, v, cond, mask, self.jvp_backend)
-        return (v + expand_time(r - t, v) * dudt).detach(), dudt
+        """The stop-gradient MeanFlow target v + (r - t)·du/dt, (B, *D), and du/dt, in float32."""
+        with torch.autocast(x_t.device.type, enabled=False):
+            if not self.jvp_subset:
+                _, dudt = mean_velocity_time_derivative(unwrap(net), x_t, t, r, v, cond, mask, self.jvp_backend)
+            else:
+                dudt = torch.zeros_like(v)
+                idx = (r != t).nonzero().squeeze(1)
+                if idx.numel():
+                    _, d = mean_velocity_time_derivative(unwrap(net), x_t[idx], t[idx], r[idx], v[idx],
+                                                         _rows(cond, idx, len(t)), _rows(mask, idx, len(t)),
+                                                         self.jvp_backend)
+                    dudt = dudt.index_copy(0, idx, d)
+            return (v + expand_time(r - t, v) * dudt).detach(), dudt
 
     def __call__(self, net, x0: torch.Tensor, x1: torch.Tensor, cond=None, mask=None,
                  times: tuple[torch.Tensor, torch.Tensor] | None = None, extra: tuple | None = None) -> CMFMOutput:
@@ -73,3 +85,12 @@ class CMFMLoss:
         weight = (sq.detach() + self.c).pow(-self.p) if self.p > 0 else torch.ones_like(sq)
         return CMFMOutput(loss=weight * sq, sq_error=sq.detach(),
                           dudt_norm=masked_sq_norm(dudt, mask).sqrt(), extra=u_extra)
+
+
+def _rows(value, idx: torch.Tensor, batch: int):
+    """Rows idx of a condition or mask, leaving tensors that broadcast over the batch (first dim != batch) whole."""
+    if torch.is_tensor(value) and (value.dim() == 0 or value.shape[0] != batch):
+        return value
+    if isinstance(value, dict):
+        return {k: _rows(v, idx, batch) for k, v in value.items()}
+    return cond_rows(value, idx)

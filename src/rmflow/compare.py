@@ -1,4 +1,4 @@
-"""`rmflow run`: train every method of a config's `compare` section for every seed at the same budget,
+"""`rmflow compare` (alias `rmflow compare`): train every method of a config's `compare` section for every seed at the same budget,
 evaluate each with its samplers, and write results.json, results.md (mean ± std over seeds) and a figure.
 
     compare:
@@ -27,13 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, apply_overrides, build_config, to_dict
+from .config import ConfigError, MethodSpec, apply_overrides, build_config, to_dict
 from .evaluate import draw_samples, evaluate_samplers
 from .train import latest_checkpoint
 from .train.lora import trainer_class
 
-METRIC_FORMAT = {"tv": ".3f", "tv_half": ".3f", "w2": ".3f", "mmd": ".4f", "log_density": ".2f",
-                 "off_mode": ".4f"}
 # Table columns: metric key -> (header, format). A task may set its own `metric_format` attribute in this form.
 METRIC_COLUMNS = {"tv": ("TV ∫\\|p−q\\| ∈[0,2]", ".3f"), "tv_half": ("TV ½∫\\|p−q\\|", ".3f"), "w2": ("W2", ".3f"),
                   "mmd": ("MMD²", ".4f"), "log_density": ("mean log-density", ".2f"),
@@ -45,17 +43,17 @@ def task_columns(task) -> dict:
     return getattr(task, "metric_format", None) or METRIC_COLUMNS
 
 
-def method_config(base: dict, method: str, spec: dict, seed: int):
-    if not isinstance(spec, dict) or set(spec) - {"set", "samplers", "from"}:
-        raise ConfigError(f"config key 'compare.{method}': expected a mapping with 'set', 'samplers' and "
-                          f"optionally 'from'")
+def method_config(base: dict, method: str, spec: MethodSpec, seed: int, overrides: list[str] = ()):
+    """The config of one (method, seed): the top level, then the method's `set` keys, then `overrides` (the
+    command line's key=value, which win over the method's settings)."""
     data = copy.deepcopy(base)
     data.pop("compare", None)
-    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in (spec.get("set") or {}).items()])
+    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in spec.set.items()])
+    apply_overrides(data, list(overrides))
     data["seed"] = seed
-    data["name"] = f"{base.get('name', 'run')}/{method}-s{seed}"
-    if spec.get("samplers"):
-        data.setdefault("eval", {})["samplers"] = list(spec["samplers"])
+    data["name"] = f"{data.get('name', 'run')}/{method}-s{seed}"
+    if spec.samplers:
+        data.setdefault("eval", {})["samplers"] = list(spec.samplers)
     return build_config(data)
 
 
@@ -83,16 +81,18 @@ def _write_cache(path: Path, key: str, row: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_comparison(base: dict, methods: list[str] | None = None, log=print, train_only: bool = False) -> dict:
-    """Train and evaluate every (method, seed), or only `methods`; returns {"rows", "table", "dir"}
-    ({"rows": [], "table": "", ...} with `train_only`).
+def compare(base: dict, methods: list[str] | None = None, log=print, train_only: bool = False,
+            overrides: list[str] = ()) -> dict:
+    """Train and evaluate every (method, seed) of `base` (a config dict with a `compare` section), or only
+    `methods`; `overrides` (key=value) apply to every method after its own settings. Returns {"rows", "table",
+    "dir"} ({"rows": [], "table": "", ...} with `train_only`).
 
     Restricting to a few methods lets several processes train disjoint parts of one comparison in parallel;
     a final run over all methods then only loads the finished runs, evaluates them and writes the table.
     """
-    root_cfg = build_config(copy.deepcopy(base))
+    root_cfg = build_config(apply_overrides(copy.deepcopy(base), list(overrides)))
     if not root_cfg.compare:
-        raise ConfigError("config has no 'compare' section: nothing for `rmflow run` to compare")
+        raise ConfigError("config has no 'compare' section: nothing for `rmflow compare` to compare")
     unknown = sorted(set(methods or []) - set(root_cfg.compare))
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; this config compares {list(root_cfg.compare)}")
@@ -103,7 +103,7 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print, trai
         for method, spec in root_cfg.compare.items():
             if methods and method not in methods:
                 continue
-            cfg = method_config(base, method, spec, seed)
+            cfg = method_config(base, method, spec, seed, overrides)
             # methods with the same task config share one task (its data, caches, evaluation classifiers);
             # a task reads the model/method settings from its cfg, which follows the method
             if task is not None and task.cfg.task == cfg.task:
@@ -112,11 +112,9 @@ def run_comparison(base: dict, methods: list[str] | None = None, log=print, trai
                 task = None
             trainer = trainer_class(cfg)(cfg, cfg.run_dir, task=task)  # LoRATrainer where the config has LoRA
             task = trainer.task
-            if not trainer.resume() and spec.get("from"):
-                src = spec["from"]
-                if src not in root_cfg.compare:
-                    raise ConfigError(f"compare.{method}.from: no method named {src!r}")
-                src_steps = method_config(base, src, root_cfg.compare[src], seed).train.steps
+            if not trainer.resume() and spec.start_from:
+                src = spec.start_from
+                src_steps = method_config(base, src, root_cfg.compare[src], seed, overrides).train.steps
                 start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
                 if start is None or int(start.stem.split("_")[1]) != src_steps:
                     raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
@@ -218,7 +216,3 @@ def markdown_table(rows: list[dict], columns: dict | None = None) -> str:
             cells.append(f"{a[k][0]:{f}} ± {a[k][1]:{f}}" if k in a else "–")
         lines.append(f"| {a['method']} | {a['label']} | {a['nfe']} | " + " | ".join(cells) + f" | {a['seeds']} |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1))

@@ -1,0 +1,105 @@
+"""The one place where a config becomes the objects of a run: the task, the model (network, source, refiner), the
+objective with its pairing, the optimiser and the EMA; and the weights of a finished run, loaded for sampling
+without building a trainer. The trainer, the LoRA stage, DDP, `rmflow bench` and `rmflow sample/evaluate` all
+build through here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config, load_config
+from ..flow import (CMFMLoss, IndependentPairing, InversePairing, LikelihoodSchedule, MinibatchOTPairing, Pairing,
+                    RMFlowObjective, SelfPairing, TeacherPairing, TimeSampler, to_device)
+from ..tasks import Task, get_task
+from .checkpoint import latest_good_checkpoint
+from .ema import EMA
+
+FILTER_SEED, BANK_SEED = 1_000_003, 2_000_003   # offsets of the fixed data samples' own random streams
+
+
+def build_task(cfg: Config) -> Task:
+    return get_task(cfg.task.name).factory(cfg)
+
+
+def build_pairing(cfg: Config, model: nn.Module, task: Task, device: torch.device) -> Pairing | None:
+    """The pairing of L_NLL named by rmflow.pairing, or None when λ1 = 0 (plain MeanFlow)."""
+    rm = cfg.rmflow
+    if rm.lambda_nll <= 0:
+        return None
+    if rm.pairing == "independent":
+        return IndependentPairing()
+    if rm.pairing == "minibatch_ot":
+        return MinibatchOTPairing()
+    if rm.pairing == "inverse":
+        return InversePairing()
+    if rm.pairing == "self":
+        return SelfPairing(rm.teacher_steps)
+    reference = conditions = None
+    if rm.teacher_filter > 0:   # fixed data samples, each from its own random stream: resume rebuilds the same
+        reference = _fixed_sample(task, rm.filter_reference, cfg.seed + FILTER_SEED).x.to(device)
+    if rm.teacher_bank > 0:
+        sample = _fixed_sample(task, rm.teacher_bank, cfg.seed + BANK_SEED)
+        if sample.cond is not None or sample.mask is not None:
+            conditions = (to_device(sample.cond, device), to_device(sample.mask, device))
+    return TeacherPairing(model, rm.teacher_steps, bank=rm.teacher_bank, bank_seed=cfg.seed, focus=rm.nll_focus,
+                          stored_errors=rm.focus_errors == "stored", filter_q=rm.teacher_filter,
+                          filter_reference=reference, bank_conditions=conditions)
+
+
+def _fixed_sample(task: Task, n: int, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return task.batch(n)
+
+
+def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.device) -> RMFlowObjective:
+    f, rm, t = cfg.flow, cfg.rmflow, cfg.flow.time
+    cmfm = CMFMLoss(TimeSampler(t.dist, t.mean, t.std, t.ratio_neq, t.ratio_one_step), f.adaptive_p, f.adaptive_c,
+                    f.jvp, f.jvp_subset)
+    schedule = LikelihoodSchedule(rm.nll_start_step, rm.nll_batch, rm.batch_split)
+    return RMFlowObjective(model, cmfm, build_pairing(cfg, model, task, device), f.sigma, rm.sigma_min,
+                           rm.lambda_nll, rm.lambda_enc, schedule, f.path_coupling).to(device)
+
+
+def build_ema(cfg: Config, model: nn.Module) -> EMA:
+    """The EMA of the trainable model; a refiner with `ema = False` is copied instead of averaged."""
+    return EMA(model, cfg.train.ema_decay, () if model.refiner.ema else ("refiner.",))
+
+
+def build_optimizer(cfg: Config, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr or cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, warm_start: bool = False) -> None:
+    """Load the `prefix`-ed entries of a checkpoint into module. Refiner entries the module does not have are
+    ignored (a fixed scale saved by older versions); with warm_start the module's own refiner entries that the
+    checkpoint lacks keep their values (a stage-1 model continued with another refiner)."""
+    own = module.state_dict()
+    sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    sd = {k: v for k, v in sd.items() if not k.startswith("refiner.") or k in own}
+    if warm_start:
+        sd.update({k: v for k, v in own.items() if k.startswith("refiner.") and k not in sd})
+    module.load_state_dict(sd)
+
+
+def load_run(run_dir: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """(model, task, cfg) of a trained run folder: its config.yaml and the newest checkpoint that verifies, the
+    EMA weights unless use_ema=False; the model in eval mode. Raises FileNotFoundError for a folder that is not
+    a run or has no checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = load_config(str(run_dir / "config.yaml"))
+    found = latest_good_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint")
+    _, tensors, state = found
+    task = build_task(cfg)
+    model = task.build_model()
+    from .lora import adapt_for_checkpoint
+    adapt_for_checkpoint(cfg, model, int(state["step"]))
+    load_weights(model, tensors, "ema." if use_ema else "model.")
+    return model.to(device).eval(), task, cfg
