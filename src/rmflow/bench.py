@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .config import Config, apply_overrides, build_config, read_yaml
+from .config import Config, ConfigError, apply_overrides, build_config, read_yaml
 from .flow import sample, to_device
 
 METHODS = ("fm", "meanflow", "meanflow_sub", "rmflow", "rmflow_bank", "rmflow_ot", "rmflow_indep")
@@ -206,13 +206,13 @@ def run_benchmark(base: dict, methods=DEFAULT_METHODS, steps: int = 10, rounds: 
     `variant_keys`: {name: [key=value, ...]}, RMFlow steps with extra config keys, timed like the methods."""
     for m in methods:
         if m not in METHODS:
-            raise ValueError(f"unknown bench method {m!r}; choose from {METHODS}")
+            raise ConfigError(f"unknown bench method {m!r}; choose from {', '.join(METHODS)}")
     variant_keys = variant_keys or {}
     for name in variant_keys:
         if name in METHODS:
-            raise ValueError(f"bench variant name {name!r} is a method name; choose another")
+            raise ConfigError(f"bench variant name {name!r} is a method name; choose another")
     if compile_mode not in ("off", "on", "both"):
-        raise ValueError("--compile must be off, on or both")
+        raise ConfigError("--compile must be off, on or both")
     flags = {"off": [False], "on": [True], "both": [False, True]}[compile_mode]
     rows = [(m, (), None) for m in methods] + [("rmflow", tuple(keys), name) for name, keys in variant_keys.items()]
     variants = []
@@ -343,7 +343,7 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
         name, _, keys = spec.partition("=")
         items = [k for k in keys.split(",") if k]
         if not name or not items or any("=" not in k for k in items):
-            raise ValueError(f"--variant {spec!r}: expected NAME=key=value[,key=value...]")
+            raise ConfigError(f"--variant {spec!r}: expected NAME=key=value[,key=value...]")
         out[name] = items
     return out
 

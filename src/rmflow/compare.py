@@ -31,6 +31,7 @@ from .config import ConfigError, MethodSpec, apply_overrides, build_config, to_d
 from .evaluate import draw_samples, evaluate_samplers
 from .train import latest_checkpoint
 from .train.lora import trainer_class
+from .train.rundir import RunLock
 
 # Table columns: metric key -> (header, format). A task may set its own `metric_format` attribute in this form.
 METRIC_COLUMNS = {"tv": ("TV ∫\\|p−q\\| ∈[0,2]", ".3f"), "tv_half": ("TV ½∫\\|p−q\\|", ".3f"), "w2": ("W2", ".3f"),
@@ -112,20 +113,8 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
                 task = None
             trainer = trainer_class(cfg)(cfg, cfg.run_dir, task=task)  # LoRATrainer where the config has LoRA
             task = trainer.task
-            if not trainer.resume() and spec.start_from:
-                src = spec.start_from
-                src_steps = method_config(base, src, root_cfg.compare[src], seed, overrides).train.steps
-                start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
-                if start is None or int(start.stem.split("_")[1]) != src_steps:
-                    raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
-                                      f"its {src_steps} steps; train it first (list it before {method!r})")
-                if src_steps >= cfg.train.steps:
-                    raise ConfigError(f"compare.{method}.from: {src!r} ends at step {src_steps}, but {method!r} "
-                                      f"trains only to step {cfg.train.steps}")
-                trainer.load(start, warm_start=True)
-            if trainer.step < cfg.train.steps:
-                log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
-                trainer.train()
+            with RunLock(cfg.run_dir):
+                _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log)
             if train_only:
                 continue
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
@@ -155,6 +144,27 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
         log(f"figure {root / 'samples.png'} not drawn: {err}")
     log(table)
     return {"rows": rows, "table": table, "dir": str(root)}
+
+
+def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log) -> None:
+    """Resume one (method, seed) run, or start it from its `from` method's final checkpoint, and train it to its
+    step budget; the run folder's config.yaml is written once its checkpoint is known to fit."""
+    root = root_cfg.run_dir
+    if not trainer.resume() and spec.start_from:
+        src = spec.start_from
+        src_steps = method_config(base, src, root_cfg.compare[src], seed, overrides).train.steps
+        start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
+        if start is None or int(start.stem.split("_")[1]) != src_steps:
+            raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
+                              f"its {src_steps} steps; train it first (list it before {method!r})")
+        if src_steps >= cfg.train.steps:
+            raise ConfigError(f"compare.{method}.from: {src!r} ends at step {src_steps}, but {method!r} "
+                              f"trains only to step {cfg.train.steps}")
+        trainer.load(start, warm_start=True)
+    trainer.write_config()
+    if trainer.step < cfg.train.steps:
+        log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
+        trainer.train()
 
 
 def _sampler_row(task, cfg, model, reference, spec: str, seed: int, step: int, want_samples: bool):

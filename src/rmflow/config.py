@@ -206,6 +206,9 @@ class Config:
         self.train.validate("train")
         self.eval.validate("eval")
         check(len(self.seeds) > 0, "seeds", "must list at least one seed")
+        parts = Path(self.name).parts
+        check(bool(self.name.strip()) and not Path(self.name).is_absolute() and ".." not in parts, "name",
+              f"must be a relative folder path inside out_dir (like 'ring/run1'), without '..'; got {self.name!r}")
         for method, spec in self.compare.items():
             spec.validate(f"compare.{method}", list(self.compare))
         for section in ("task", "model"):
@@ -292,12 +295,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         path, _, raw = item.partition("=")
         keys = path.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{k}' is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        node[keys[-1]] = value
     return data
 
 
@@ -316,7 +323,14 @@ def read_yaml(path_or_preset: str) -> dict:
     if not path.exists():
         presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"no config file or preset named {path_or_preset!r}; presets: {presets}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     if "base" in data:  # presets may extend another preset; a `compare` section replaces the base's whole

@@ -68,22 +68,43 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
 
 
-def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
-    tr = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
+def _interrupt_during_step(monkeypatch, tr, at: int):
+    """Send a real SIGINT (Ctrl-C) to this process in the middle of the `at`-th train_step call."""
+    import os
+    import signal
     calls = {"n": 0}
     original = tr.train_step
 
-    def flaky():
+    def step():
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)   # delivered here, in the middle of the step
         return original()
 
-    monkeypatch.setattr(tr, "train_step", flaky)
+    monkeypatch.setattr(tr, "train_step", step)
+
+
+def test_ctrl_c_finishes_the_step_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Ctrl-C during step 7: that step completes, a checkpoint is written at 7, and resuming reproduces the
+    uninterrupted run exactly: losses, weights, and metrics.jsonl rows (one per logged step, same values)."""
+    keys = ["train.steps=12", "train.log_every=5", "train.ckpt_every=100"]
+    ref = Trainer(_cfg(tmp_path / "a", *keys), tmp_path / "a")
+    ref.train()
+    tr = Trainer(_cfg(tmp_path / "b", *keys), tmp_path / "b")
+    _interrupt_during_step(monkeypatch, tr, 7)
     with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
         tr.train()
-    fresh = Trainer(_cfg(tmp_path, "train.steps=20"), tmp_path)
-    assert fresh.resume() and fresh.step == 3
+    fresh = Trainer(_cfg(tmp_path / "b", *keys), tmp_path / "b")
+    assert fresh.resume() and fresh.step == 7
+    fresh.train()
+    assert fresh.history == ref.history
+    for a, b in zip(fresh.model.parameters(), ref.model.parameters()):
+        assert torch.equal(a, b)
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert rows("b") == rows("a") and [r["step"] for r in rows("b")] == [5, 10, 12]
 
 
 def test_training_moves_samples_onto_the_ring(tmp_path):

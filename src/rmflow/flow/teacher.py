@@ -134,6 +134,10 @@ class TeacherPairing(Pairing):
                                              cond_rows(mask, c)).x for c in chunks])
             if self.filter_q:
                 keep = data_support_mask(y, self.filter_reference.to(y.device), self.filter_q)
+                if not keep.any():
+                    raise RuntimeError(f"the teacher filter (q = {self.filter_q}) kept none of the {len(y)} bank "
+                                       "pairs: every teacher partner lies off the data. Train stage 1 longer "
+                                       "(rmflow.nll_start_step) or lower rmflow.teacher_filter.")
                 x0, y = x0[keep], y[keep]
             self.bank = Pairs(x0, y, cond, mask)
             if self._restored_errors is not None and len(self._restored_errors) == len(x0):

@@ -68,7 +68,8 @@ def get_task(name: str) -> TaskSpec:
         importlib.import_module(_BUILTIN[name])
     if name not in _REGISTRY:
         known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN)))
-        raise ValueError(f"config key 'task.name': unknown task {name!r}; known tasks: {known}")
+        raise ConfigError(f"config key 'task.name': unknown task {name!r}; known tasks: {known} (a task of your "
+                          "own: import the module that registers it first, e.g. `rmflow --import mypkg.mytask`)")
     return _REGISTRY[name]
 
 

@@ -122,12 +122,10 @@ class LoRATrainer(Trainer):
             return self.lora.lr
         return super()._lr(step)
 
-    def load(self, path, warm_start: bool = False) -> None:
-        from .checkpoint import load_checkpoint
-        _, state = load_checkpoint(path)
+    def _load(self, tensors, state, warm_start, path) -> None:
         if int(state["step"]) > self.stage2_step and not is_adapted(self.model):
             self.start_likelihood_stage()     # rebuild the stage-2 structure, then load its weights
-        super().load(path, warm_start=warm_start)
+        super()._load(tensors, state, warm_start, path)
 
     def save_adapter(self, directory: str | Path | None = None) -> Path:
         """Save the adapters of the evaluated weights (the EMA's when eval.use_ema) to run_dir/adapter."""

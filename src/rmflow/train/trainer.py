@@ -1,24 +1,35 @@
 """The training loop: AdamW with linear warm-up, EMA, gradient clipping, a NaN/inf guard, atomic checkpoints,
-exact resume, Ctrl-C checkpointing, JSONL metrics and a progress bar.
+exact resume, Ctrl-C checkpointing, JSONL metrics and a progress bar (log lines when output is not a terminal).
 
 Everything random in a step draws from torch's global RNG, whose state is checkpointed, and the learning rate
-is a pure function of the step; so resuming from a checkpoint reproduces the uninterrupted run's losses.
+is a pure function of the step; so resuming from a checkpoint reproduces the uninterrupted run's losses. Ctrl-C
+does not cut a step in half: the running step finishes, then a checkpoint is written (a second Ctrl-C stops at
+once). The logging window in progress is checkpointed too, and metrics.jsonl is cut back to the checkpoint's step
+on resume, so every logged step appears once, with the row the uninterrupted run would have written.
+
+Nothing is written to the run folder before `resume()` has checked that its newest good checkpoint fits this
+config (`write_config` then records the config).
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, config_to_yaml
+from ..config import Config, ConfigError, config_to_yaml
 from ..flow import to_device
 from .build import build_ema, build_objective, build_optimizer, build_task, load_weights
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_mean, gather_rng_states, prepare_loss_module, rank_seed
+from .rundir import atomic_write_text, is_interactive, rollback_metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,11 +61,15 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.step = 0
         self.history: list[float] = []
+        self._window: dict = {"sums": {}, "steps": 0}   # the logging window in progress (checkpointed)
         if self.dist.rank > 0:  # same initial weights (DDP broadcasts rank 0's), different data and noise
             torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
+
+    def write_config(self) -> None:
+        """Record the config in run_dir/config.yaml (atomically; rank 0); `train` does it before the first step."""
         if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
 
     # ------------------------------------------------------------------------------------------ checkpoints
     @property
@@ -82,10 +97,11 @@ class Trainer:
         if not self.is_main:
             return None
         groups = self.optimizer.state_dict()["param_groups"]
-        state = {"step": self.step, "history": self.history,
+        state = {"step": self.step, "history": self.history, "log_window": self._window,
                  "param_groups": json.loads(json.dumps(groups, default=list))}
         path = save_checkpoint(self.ckpt_dir / (tag or f"step_{self.step:08d}"), self._tensors(rng_states), state)
-        for old in sorted(self.ckpt_dir.glob("step_*.json"))[:-3]:   # keep the last three
+        steps = sorted(p for p in self.ckpt_dir.glob("step_*.json") if p.stem[5:].isdigit())
+        for old in steps[:-3]:   # keep the last three
             old.unlink()
             old.with_suffix(".safetensors").unlink(missing_ok=True)
         return path
@@ -95,8 +111,18 @@ class Trainer:
         refiner may differ (fixed vs learned scale): the refiner then keeps its initial value, and new parameters
         (registered after the network's) start with fresh optimiser moments."""
         tensors, state = load_checkpoint(path)
-        for module, prefix in ((self.model, "model."), (self.ema.shadow, "ema.")):
-            load_weights(module, tensors, prefix, warm_start)
+        self._load(tensors, state, warm_start, path)
+
+    def _load(self, tensors: dict, state: dict, warm_start: bool, path) -> None:
+        try:
+            for module, prefix in ((self.model, "model."), (self.ema.shadow, "ema.")):
+                load_weights(module, tensors, prefix, warm_start)
+        except RuntimeError as e:   # missing/unexpected keys or a size mismatch: another model's checkpoint
+            first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+            first = first if len(first) < 160 else first[:157] + "..."
+            raise ConfigError(f"checkpoint {path} belongs to a different model than this config ({first}); "
+                              "use the settings it was trained with (its run folder's config.yaml) or another "
+                              "name=") from None
         if self.objective.pairing is not None:   # a warm start keeps no stored errors of another run
             self.objective.pairing.load_checkpoint_tensors(
                 {k: v.to(self.device) for k, v in tensors.items()
@@ -114,6 +140,8 @@ class Trainer:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self._window = state.get("log_window", {"sums": {}, "steps": 0}) if not warm_start else {"sums": {},
+                                                                                                 "steps": 0}
         if self.dist.rank > 0:
             own = tensors.get(f"rng.torch.rank{self.dist.rank}")
             if own is not None:
@@ -122,13 +150,22 @@ class Trainer:
                 torch.manual_seed(rank_seed(self.cfg.seed, self.dist.rank, self.step))
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of this run, if any. Returns whether one was loaded."""
+        """Load the newest checkpoint of this run that verifies (warning about corrupt newer ones), if any, and
+        cut metrics.jsonl back to its step. Returns whether one was loaded. Raises ConfigError when the checkpoint
+        belongs to another model; nothing in the run folder has changed then."""
         if self.run_dir is None:
             return False
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is not None:
-            self.load(path)
-        return path is not None
+        found = latest_good_checkpoint(self.ckpt_dir)
+        if found is None:
+            return False
+        path, tensors, state = found
+        self._load(tensors, state, False, path)
+        if self.is_main:
+            dropped = rollback_metrics(self.run_dir / "metrics.jsonl", self.step)
+            if dropped:
+                warnings.warn(f"metrics.jsonl: dropped {dropped} row(s) logged after step {self.step}, the step "
+                              "this run resumes from")
+        return True
 
     # ------------------------------------------------------------------------------------------------ loop
     def _lr(self, step: int) -> float:
@@ -175,41 +212,68 @@ class Trainer:
         return stats
 
     def train(self, steps: int | None = None, is_main: bool | None = None) -> list[float]:
-        """Train until `steps` total steps (default cfg.train.steps); returns the per-step losses.
+        """Train until `steps` total steps (default cfg.train.steps); returns the per-step losses. Writes the run
+        folder's config.yaml first (call `resume()` before, so that an incompatible checkpoint is caught first).
         is_main (default: rank 0 of the job) decides who logs and writes checkpoints."""
         total = steps if steps is not None else self.cfg.train.steps
         tc = self.cfg.train
         is_main = self.is_main if is_main is None else is_main
+        if is_main:
+            self.write_config()
         saving = is_main or self.dist.distributed  # in DDP every rank joins save() (RNG gather); rank 0 writes
         log_path = self.run_dir / "metrics.jsonl" if (self.run_dir and is_main) else None
-        bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (tc.progress and is_main),
+        show = tc.progress and is_main
+        bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (show and is_interactive()),
                    dynamic_ncols=True, leave=False)
-        acc: dict[str, float] = {}
-        n_acc, t0 = 0, time.perf_counter()
-        try:
+        t0 = time.perf_counter()
+        with _DeferredInterrupt() as interrupt:
             while self.step < total:
                 stats = self.train_step()
+                w = self._window
                 for k, v in stats.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
+                    w["sums"][k] = w["sums"].get(k, 0.0) + v
+                w["steps"] += 1
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == total:
-                    row = {"step": self.step, **all_reduce_mean({k: v / n_acc for k, v in acc.items()}, self.dist),
-                           "steps_per_s": n_acc / (time.perf_counter() - t0)}
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    row = {"step": self.step,
+                           **all_reduce_mean({k: v / w["steps"] for k, v in w["sums"].items()}, self.dist),
+                           "steps_per_s": w["steps"] / (time.perf_counter() - t0)}
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
+                    if show and bar.disable:   # not a terminal: a log line instead of a bar
+                        print(f"{self.cfg.name}: step {self.step}/{total} loss {row['loss']:.4g} "
+                              f"({row['steps_per_s']:.1f} steps/s)", file=sys.stderr, flush=True)
                     if log_path:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
-                    acc, n_acc, t0 = {}, 0, time.perf_counter()
+                    self._window, t0 = {"sums": {}, "steps": 0}, time.perf_counter()
                 if saving and self.step % tc.ckpt_every == 0:
                     self.save()
-        except KeyboardInterrupt:
-            if is_main:
-                path = self.save(gather=False)
-                bar.close()
-                raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
-            raise
+                if interrupt.requested:
+                    path = self.save(gather=False) if is_main else None
+                    bar.close()
+                    raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}")
         bar.close()
         if saving:
             self.save()
         return self.history
+
+
+class _DeferredInterrupt:
+    """Within the block, the first SIGINT (Ctrl-C) only sets `requested`, so the running step completes and the
+    loop checkpoints a consistent state; a second SIGINT interrupts at once. Only in the main thread."""
+
+    def __enter__(self):
+        self.requested, self._previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt("interrupted twice: stopped without a checkpoint")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -1,0 +1,258 @@
+"""Runs you can trust: every bad input of the command line gets one clean error and leaves an existing run folder
+untouched; kill -9 at random moments (checkpoint writes included) never costs more than the steps since the last
+checkpoint; a full disk and a read-only folder are reported, not fatal to the run."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmflow.cli import main
+from rmflow.train import load_checkpoint
+
+TINY = ["model.hidden=16", "model.depth=1", "train.batch_size=32", "train.progress=false", "train.steps=6",
+        "train.ckpt_every=3", "train.log_every=2", "rmflow.nll_start_step=3", "rmflow.teacher_bank=256",
+        "rmflow.teacher_filter=0", "rmflow.teacher_steps=2", "eval.num_samples=100"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "ring", f"out_dir={out}", "name=good", *TINY]) == 0
+    return out, out / "good"
+
+
+def _bad_yaml(tmp: Path) -> str:
+    path = tmp / "broken.yaml"
+    path.write_text("base: ring\ntrain: {steps: 3\n")
+    return str(path)
+
+
+# (arguments, exit code, a phrase the one-line error must contain); {out}: out_dir, {run}: the good run, {tmp}: a
+# scratch folder
+BAD_INPUTS = [
+    (["train", "ring", "out_dir={out}", "name=good", "model.hidden=64"], 2, "different model"),
+    (["train", "ring", "out_dir={out}", "name=../../escaped"], 2, "config key 'name'"),
+    (["train", "ring", "out_dir={out}", "name=/abs/path"], 2, "config key 'name'"),
+    (["train", "ring", "out_dir={out}", "name="], 2, "config key 'name'"),
+    (["compare", "ring", "out_dir={out}", "seeds=[]"], 2, "seeds"),
+    (["compare", "ring", "out_dir={out}", "seeds=abc"], 2, "seeds"),
+    (["compare", "ring", "out_dir={out}", "--train-only", "seeds=[]"], 2, "seeds"),
+    (["compare", "ring", "out_dir={out}", "--methods", "nosuch"], 2, "unknown method"),
+    (["evaluate", "{run}", "--samplers", "meanflow@0"], 2, "sampler 'meanflow@0'"),
+    (["evaluate", "{run}", "--samplers", "fm@-3"], 2, "sampler 'fm@-3'"),
+    (["evaluate", "{run}", "--samplers", "foo"], 2, "unknown sampler"),
+    (["evaluate", "{run}", "--samplers", "meanflow@x"], 2, "sampler 'meanflow@x'"),
+    (["sample", "{run}", "--out", "{tmp}/x.npy", "--sampler", "foo"], 2, "unknown sampler"),
+    (["sample", "{run}", "--out", "/nonexistent/x.npy"], 2, "does not exist"),
+    (["sample", "{run}", "--out", "{tmp}/x.npy", "--num-samples", "0"], 2, "must be >= 1"),
+    (["sample", "{run}", "--out", "{tmp}/x.npy", "--num-samples", "-5"], 2, "must be >= 1"),
+    (["evaluate", "{tmp}"], 2, "not a run folder"),
+    (["bench", "ring", "--methods", "fm,foo"], 2, "unknown bench method"),
+    (["bench", "ring", "--variant", "lean"], 2, "--variant"),
+    (["train", "{yaml}"], 2, "not valid YAML (line 3"),
+    (["train", "nosuchpreset"], 2, "no config file or preset"),
+    (["train", "ring", "out_dir={out}", "train.stepz=3"], 2, "unknown config key 'train.stepz'"),
+    (["train", "ring", "out_dir={out}", "train.steps=abc"], 2, "config key 'train.steps'"),
+    (["train", "ring", "out_dir={out}", "train.steps=[1"], 2, "not valid YAML"),
+    (["train", "ring", "out_dir={out}", "rmflow.pairing=nearest"], 2, "must be one of"),
+    (["train", "ring", "out_dir={out}", "flow.sigma=0.5"], 2, "rmflow.sigma_min"),
+    (["train", "ring", "out_dir={out}", "task.name=mytask"], 2, "unknown task 'mytask'"),
+    (["--import", "no_such_module_xyz", "presets"], 2, "--import no_such_module_xyz"),
+    (["train", "ring", "out_dir={out}", "name=good", "train.steps"], 2, "must look like key.sub=value"),
+]
+
+
+@pytest.mark.parametrize("argv, code, phrase", BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])
+def test_bad_input_gives_one_clean_error_and_changes_nothing(good_run, tmp_path, capsys, argv, code, phrase):
+    out, run = good_run
+    before = snapshot(out)
+    args = [a.format(out=out, run=run, tmp=tmp_path, yaml=_bad_yaml(tmp_path)) for a in argv]
+    try:
+        rc = main(args)
+    except SystemExit as e:            # argparse's own errors (usage line + error line)
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:") or ": error:" in ln]
+    assert len(lines) == 1 and phrase in lines[0], err
+    assert snapshot(out) == before        # no file of any existing run changed (and none was added)
+
+
+def test_a_second_command_on_a_run_in_use_is_refused(good_run, capsys):
+    from rmflow.train.rundir import RunLock
+    out, run = good_run
+    before = snapshot(out)
+    with RunLock(run):
+        assert main(["train", "ring", f"out_dir={out}", "name=good", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "in use by another rmflow process" in err and "Traceback" not in err
+    before.pop(".lock", None)
+    after = snapshot(out)
+    after.pop(".lock", None)
+    assert after == before
+
+
+def test_evaluate_on_a_read_only_run_prints_its_results(good_run, capsys, monkeypatch):
+    import rmflow.train.rundir as rundir
+    out, run = good_run
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, f"could not write {path}: Read-only file system")
+    monkeypatch.setattr(rundir, "atomic_write_text", read_only)
+    assert main(["evaluate", str(run), "--samplers", "rmflow", "--num-samples", "50"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["sampler"] == "rmflow"           # the results are not lost
+    assert captured.err.startswith("error: could not write") and "Traceback" not in captured.err
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    cfg = load_config("ring", [f"out_dir={tmp_path}", "name=r", *TINY, "train.ckpt_every=1"])
+    Trainer(cfg, cfg.run_dir).train()
+    newest = cfg.run_dir / "checkpoints" / "step_00000006.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    (cfg.run_dir / "checkpoints" / "step_final.json").write_text("{}")      # a stray file is ignored
+    tr = Trainer(cfg, cfg.run_dir)
+    with pytest.warns(UserWarning, match="step_00000006.*falling back to step_00000005"):
+        assert tr.resume()
+    assert tr.step == 5
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypatch):
+    import rmflow.train.checkpoint as ck
+    from rmflow.config import load_config
+    from rmflow.train import CheckpointError, Trainer
+    cfg = load_config("ring", [f"out_dir={tmp_path}", "name=r", *TINY])
+    Trainer(cfg, cfg.run_dir).train(steps=3)
+    good = snapshot(cfg.run_dir / "checkpoints")
+
+    def full(tensors, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ck, "save_file", full)
+    tr = Trainer(cfg, cfg.run_dir)
+    assert tr.resume() and tr.step == 3
+    with pytest.raises(CheckpointError, match="could not write checkpoint"):
+        tr.train()
+    assert snapshot(cfg.run_dir / "checkpoints") == good                    # no partial or temporary files
+    monkeypatch.undo()
+    again = Trainer(cfg, cfg.run_dir)
+    with pytest.warns(UserWarning, match="metrics.jsonl: dropped"):
+        assert again.resume() and again.step == 3
+    again.train()
+    steps = [json.loads(line)["step"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+KILL_SCRIPT = """
+import sys
+from rmflow.config import load_config
+from rmflow.train import Trainer
+cfg = load_config("ring", sys.argv[1:])
+tr = Trainer(cfg, cfg.run_dir)
+tr.resume()
+print("started", tr.step, flush=True)
+tr.train()
+"""
+
+
+def test_kill_9_at_random_moments_never_damages_the_run(tmp_path):
+    """A training process (a checkpoint after every step, so most kills land in a checkpoint write) killed with
+    SIGKILL at random moments, eight times; then it finishes. The newest checkpoint verifies, metrics.jsonl has
+    one row per logged step, and the result equals an uninterrupted run bit for bit."""
+    keys = [f"out_dir={tmp_path}", *TINY, "train.steps=60", "train.ckpt_every=1", "train.log_every=5",
+            "rmflow.nll_start_step=20", "train.num_threads=1"]
+    rng = random.Random(0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    kills = 0
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *keys, "name=k"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, text=True)
+        proc.stdout.readline()                                   # training has started
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 4
+    finish = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *keys, "name=k"], env=env, capture_output=True,
+                            text=True)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    run = tmp_path / "k"
+    tensors, state = load_checkpoint(run / "checkpoints" / "step_00000060.json")     # verifies (SHA-256)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 61, 5))
+    assert not list(run.rglob("*.tmp"))
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    torch.set_num_threads(1)
+    ref = Trainer(load_config("ring", [*keys, "name=ref"]))
+    ref.train()
+    assert state["history"] == ref.history
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v)
+
+
+def test_command_line_overrides_win_over_a_methods_settings():
+    from rmflow.compare import method_config
+    from rmflow.config import build_config, read_yaml
+    base = read_yaml("ring-demo")
+    spec = build_config(base).compare["meanflow"]
+    assert "train.steps" in spec.set
+    assert method_config(base, "meanflow", spec, 0, ["train.steps=200"]).train.steps == 200
+
+
+def test_help_documents_overrides_run_names_resume_and_progress(capsys):
+    for command in ("train", "compare"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(w in text for w in ("key.sub=value", "name=", "Resume", "train.progress=false"))
+
+
+def test_progress_becomes_log_lines_when_output_is_not_a_terminal(tmp_path, capsys):
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    cfg = load_config("ring", [f"out_dir={tmp_path}", *TINY, "train.progress=true"])
+    Trainer(cfg).train()
+    err = capsys.readouterr().err
+    assert "\r" not in err and [ln.split(" loss")[0] for ln in err.splitlines()] == [
+        "ring: step 2/6", "ring: step 4/6", "ring: step 6/6"]
+
+
+def test_a_task_registered_from_outside_trains_and_samples(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mytask_mod.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from rmflow.tasks import TaskSpec, register_task\n"
+        "from rmflow.tasks.synthetic import SyntheticData, SyntheticModel, SyntheticTask\n\n\n"
+        "@dataclass\nclass MyData(SyntheticData):\n    name: str = 'mytask'\n\n\n"
+        "register_task(TaskSpec('mytask', MyData, SyntheticModel, SyntheticTask))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "runs"
+    assert main(["--import", "mytask_mod", "train", "ring", "task.name=mytask", f"out_dir={out}", "name=m",
+                 *TINY, "rmflow.lambda_nll=0"]) == 0
+    from rmflow.tasks.base import _REGISTRY
+    _REGISTRY.pop("mytask")
+    sys.modules.pop("mytask_mod")
+    assert main(["sample", str(out / "m"), "--out", str(tmp_path / "x.npy")]) == 2
+    assert "import the module that registers it" in capsys.readouterr().err
+    assert main(["--import", "mytask_mod", "sample", str(out / "m"), "--out", str(tmp_path / "x.npy")]) == 0
