@@ -7,18 +7,12 @@ import errno
 import hashlib
 import json
 import os
-import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from rmflow.cli import main
-from rmflow.train import load_checkpoint
 
 TINY = ["model.hidden=16", "model.depth=1", "train.batch_size=32", "train.progress=false", "train.steps=6",
         "train.ckpt_every=3", "train.log_every=2", "rmflow.nll_start_step=3", "rmflow.teacher_bank=256",
@@ -163,53 +157,16 @@ def test_full_disk_during_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeyp
     assert steps == [2, 4, 6]
 
 
-KILL_SCRIPT = """
-import sys
-from rmflow.config import load_config
-from rmflow.train import Trainer
-cfg = load_config("ring", sys.argv[1:])
-tr = Trainer(cfg, cfg.run_dir)
-tr.resume()
-print("started", tr.step, flush=True)
-tr.train()
-"""
-
-
 def test_kill_9_at_random_moments_never_damages_the_run(tmp_path):
     """A training process (a checkpoint after every step, so most kills land in a checkpoint write) killed with
     SIGKILL at random moments, eight times; then it finishes. The newest checkpoint verifies, metrics.jsonl has
     one row per logged step, and the result equals an uninterrupted run bit for bit."""
-    keys = [f"out_dir={tmp_path}", *TINY, "train.steps=60", "train.ckpt_every=1", "train.log_every=5",
-            "rmflow.nll_start_step=20", "train.num_threads=1"]
-    rng = random.Random(0)
+    from rmflow.tools.fault_injection import kill_loop
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    kills = 0
-    for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *keys, "name=k"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, env=env, text=True)
-        proc.stdout.readline()                                   # training has started
-        time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 4
-    finish = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *keys, "name=k"], env=env, capture_output=True,
-                            text=True)
-    assert finish.returncode == 0, finish.stderr[-2000:]
-    run = tmp_path / "k"
-    tensors, state = load_checkpoint(run / "checkpoints" / "step_00000060.json")     # verifies (SHA-256)
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(5, 61, 5))
-    assert not list(run.rglob("*.tmp"))
-    from rmflow.config import load_config
-    from rmflow.train import Trainer
-    torch.set_num_threads(1)
-    ref = Trainer(load_config("ring", [*keys, "name=ref"]))
-    ref.train()
-    assert state["history"] == ref.history
-    for k, v in ref.model.state_dict().items():
-        assert torch.equal(tensors[f"model.{k}"], v)
+    res = kill_loop(tmp_path, kills=8, steps=60, env=env)
+    assert res["kills_sent"] >= 4 and res["rounds_that_resumed"] >= 3 and res["final_exit_code"] == 0
+    assert res["metric_rows"] == 12 and res["duplicate_metric_rows"] == 0 and res["missing_metric_rows"] == 0
+    assert res["temporary_files_left"] == 0 and res["bit_exact_with_uninterrupted_run"]
 
 
 def test_command_line_overrides_win_over_a_methods_settings():

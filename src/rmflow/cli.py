@@ -5,6 +5,7 @@
     rmflow train CONFIG [key=value ...]           train one model (resumes if the run folder has checkpoints)
     rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run
     rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run
+    rmflow export RUN_DIR OUT_DIR                  a self-contained folder for rmflow.load (config + weights)
     rmflow presets                                 list the bundled configs
     rmflow bench CONFIG [key=value ...] [--steps N]  step time, memory and sampling speed of FM/MeanFlow/RMFlow
 
@@ -62,17 +63,20 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=TRAIN_HELP)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p = sub.add_parser("evaluate", help="evaluate a trained run (writes RUN_DIR/eval.json)")
+    p = sub.add_parser("evaluate", help="evaluate a trained run or exported folder (writes RUN_DIR/eval.json)")
     p.add_argument("run_dir")
     p.add_argument("--samplers", nargs="+", default=None, help="e.g. rmflow meanflow@8 fm@100")
     p.add_argument("--num-samples", type=_positive, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p = sub.add_parser("sample", help="draw samples from a trained run or exported folder")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="output .npy file")
     p.add_argument("--sampler", default="rmflow", help="rmflow, meanflow@K, fm@K or fm_heun@K")
     p.add_argument("--num-samples", type=_positive, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("export", help="write a self-contained folder (config.yaml + model.safetensors) of a run")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
     sub.add_parser("presets", help="list bundled configs: what each is and its measured CPU time")
     from .bench import add_bench_arguments
     add_bench_arguments(sub.add_parser("bench", help="benchmark training steps and samplers of a config"))
@@ -80,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:   # Ctrl-C while starting up (imports), before any command ran
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
@@ -151,13 +163,10 @@ def _train(args) -> None:
 
 
 def _load_run(run_dir: str):
-    """(model, task, cfg) of a run folder; a clear error for a folder that is not a finished run."""
-    from .config import ConfigError
-    from .train.build import load_run
-    try:
-        return load_run(run_dir)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    """(model, task, cfg) of a run folder or an exported folder; a clear error for anything else."""
+    from .pipeline import load
+    pipe = load(run_dir)
+    return pipe.model, pipe.task, pipe.cfg
 
 
 def _check_samplers(specs) -> None:
@@ -204,13 +213,23 @@ def _sample(args) -> None:
     print(f"wrote {len(x)} samples ({nfe} NFE each) to {args.out}")
 
 
+def _export(args) -> None:
+    from .pipeline import load
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()):
+        from .config import ConfigError
+        raise ConfigError(f"{out} exists and is not empty: choose a new folder")
+    load(args.run_dir).export(out)
+    print(f"exported {args.run_dir} to {out} (config.yaml, model.safetensors); load it with rmflow.load({str(out)!r})")
+
+
 def _bench(args) -> None:
     from .bench import run_bench
     run_bench(args)
 
 
 COMMANDS = {"presets": _presets, "compare": _compare, "run": _compare, "train": _train, "evaluate": _evaluate,
-            "sample": _sample, "bench": _bench}
+            "sample": _sample, "bench": _bench, "export": _export}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rmflow.config import ConfigError, load_config
-from rmflow.flow import CMFMLoss, mean_velocity_time_derivative
+from rmflow.flow import mean_velocity_time_derivative
 from rmflow.flow.path import expand_time
 from rmflow.train import Trainer
 from rmflow.train.distributed import (Autocast, CompiledWithFallback, prepare_loss_module,

@@ -3,7 +3,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from rmflow.tasks.text2image import data as D
 

@@ -2,7 +2,6 @@
 import json
 import math
 
-import torch
 
 
 def test_shapes_latent_two_stage_run(tmp_path, text_encoder):

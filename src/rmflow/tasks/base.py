@@ -55,7 +55,7 @@ class TaskSpec:
 
 _REGISTRY: dict[str, TaskSpec] = {}
 _BUILTIN = {"synthetic": "rmflow.tasks.synthetic", "qm9": "rmflow.tasks.qm9", "dynamics": "rmflow.tasks.dynamics",
-            "text2image": "rmflow.tasks.text2image"}
+            "text2image": "rmflow.tasks.text2image", "vectors": "rmflow.tasks.vectors"}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -63,14 +63,56 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
+ENTRY_POINTS = "rmflow.tasks"   # packages declare their tasks here: [project.entry-points."rmflow.tasks"]
+
+
 def get_task(name: str) -> TaskSpec:
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
+    """The task called `name`: registered already, built in, declared by an installed package under the entry-point
+    group "rmflow.tasks" (name = "module" or "module:attribute"; loading it registers the task, or returns its
+    TaskSpec), or given as "module:attribute" itself (a TaskSpec there)."""
+    if name not in _REGISTRY:
+        if name in _BUILTIN:
+            importlib.import_module(_BUILTIN[name])
+        else:
+            _load_outside_task(name)
     if name not in _REGISTRY:
         known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN)))
         raise ConfigError(f"config key 'task.name': unknown task {name!r}; known tasks: {known} (a task of your "
-                          "own: import the module that registers it first, e.g. `rmflow --import mypkg.mytask`)")
+                          "own: import the module that registers it first, e.g. `rmflow --import mypkg.mytask`, "
+                          f"declare it under the entry-point group {ENTRY_POINTS!r}, or name it 'module:SPEC')")
     return _REGISTRY[name]
+
+
+def _load_outside_task(name: str) -> None:
+    from importlib.metadata import entry_points
+    found = [ep for ep in entry_points(group=ENTRY_POINTS) if ep.name == name]
+    target = found[0].value if found else (name if ":" in name else None)
+    if target is None:
+        return
+    module, _, attr = target.partition(":")
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"config key 'task.name': task {name!r} points to {target!r}, which cannot be imported "
+                          f"({e})") from None
+    spec = getattr(loaded, attr, None) if attr else None
+    if isinstance(spec, TaskSpec) and name not in _REGISTRY:
+        _REGISTRY[name] = spec
+
+
+def user_network(target: str, **options) -> nn.Module:
+    """A network of one's own, named "package.module:Class" in a config (`model.target`), built as
+    Class(**options). Its forward(x, t, r, cond=None[, mask=None]) returns u (B, *D) like x (B, *D)."""
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"config key 'model.target': cannot load {target!r} ({e}); expected 'package.module:Class'"
+                          ) from None
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ConfigError(f"config key 'model.options': {target}(**{options}) failed: {e}") from None
 
 
 def build_rmflow(net: nn.Module, cfg, space, encoder: nn.Module | None = None,

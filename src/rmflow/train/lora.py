@@ -16,10 +16,8 @@ re-applied to a stage-1 model with `load_adapter`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import check

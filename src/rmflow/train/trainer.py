@@ -150,8 +150,8 @@ class Trainer:
                 torch.manual_seed(rank_seed(self.cfg.seed, self.dist.rank, self.step))
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of this run that verifies (warning about corrupt newer ones), if any, and
-        cut metrics.jsonl back to its step. Returns whether one was loaded. Raises ConfigError when the checkpoint
+        """Load the newest checkpoint of this run that verifies (warning about corrupt newer ones), if any, cut
+        metrics.jsonl back to its step and remove temporary files of checkpoint writes that a kill cut short. Returns whether one was loaded. Raises ConfigError when the checkpoint
         belongs to another model; nothing in the run folder has changed then."""
         if self.run_dir is None:
             return False
@@ -161,6 +161,8 @@ class Trainer:
         path, tensors, state = found
         self._load(tensors, state, False, path)
         if self.is_main:
+            for stale in [*self.ckpt_dir.glob(".tmp*"), *self.ckpt_dir.glob("*.tmp")]:   # writes cut by a kill
+                stale.unlink(missing_ok=True)
             dropped = rollback_metrics(self.run_dir / "metrics.jsonl", self.step)
             if dropped:
                 warnings.warn(f"metrics.jsonl: dropped {dropped} row(s) logged after step {self.step}, the step "

@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ...errors import check

@@ -1,14 +1,14 @@
 """The synthetic benchmark (RMFlow §5.1): 1-D and 2-D mixtures, a checkerboard, a 25-mode grid."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets import MLP
-from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
+from ..base import Batch, Task, TaskSpec, build_rmflow, register_task, user_network
 from .data import DATASETS, make_dataset
 from .metrics import sample_metrics
 from .plots import plot_panels
@@ -33,6 +33,8 @@ class SyntheticModel:
     depth: int = 3
     time_dim: int = 64
     time_embed: str = "sinusoidal"  # sinusoidal | raw
+    target: str = ""                # a network of one's own, "package.module:Class", built as Class(dim=D, **options)
+    options: dict = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
         check(self.time_embed in ("sinusoidal", "raw"), f"{key}.time_embed", "must be 'sinusoidal' or 'raw'")
@@ -51,6 +53,9 @@ class SyntheticTask(Task):
 
     def build_model(self):
         m = self.cfg.model
+        if m.target:
+            net = user_network(m.target, dim=self.density.dim, **m.options)
+            return build_rmflow(net, self.cfg, self.space, vector_dim=self.density.dim)
         net = MLP(self.density.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed)
         return build_rmflow(net, self.cfg, self.space, vector_dim=self.density.dim)
 
