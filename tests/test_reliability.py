@@ -213,3 +213,17 @@ def test_a_task_registered_from_outside_trains_and_samples(tmp_path, monkeypatch
     assert main(["sample", str(out / "m"), "--out", str(tmp_path / "x.npy")]) == 2
     assert "import the module that registers it" in capsys.readouterr().err
     assert main(["--import", "mytask_mod", "sample", str(out / "m"), "--out", str(tmp_path / "x.npy")]) == 0
+
+
+def test_tensorboard_scalars_next_to_the_jsonl(tmp_path):
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = load_config("ring", [f"out_dir={tmp_path}", "name=tb", *TINY, "train.tensorboard=true"])
+    Trainer(cfg, cfg.run_dir).train()
+    events = EventAccumulator(str(cfg.run_dir / "tensorboard"))
+    events.Reload()
+    loss = events.Scalars("loss")
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in loss] == [r["step"] for r in rows] == [2, 4, 6]
+    assert all(abs(e.value - r["loss"]) < 1e-6 for e, r in zip(loss, rows))

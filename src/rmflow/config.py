@@ -121,6 +121,7 @@ class TrainConfig:
     device: str = "cpu"
     num_threads: int = 0           # torch CPU threads; 0 = leave as is
     progress: bool = True
+    tensorboard: bool = False      # also write the logged scalars to run_dir/tensorboard (pip install tensorboard)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: autocast; the JVP target and the losses stay in float32
     compile: bool = False          # torch.compile the whole loss module, falling back to eager if that fails
 

@@ -12,6 +12,7 @@ config (`write_config` then records the config).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -227,8 +228,9 @@ class Trainer:
         show = tc.progress and is_main
         bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (show and is_interactive()),
                    dynamic_ncols=True, leave=False)
+        board = _tensorboard(self.run_dir) if (tc.tensorboard and log_path) else None
         t0 = time.perf_counter()
-        with _DeferredInterrupt() as interrupt:
+        with _DeferredInterrupt() as interrupt, board or contextlib.nullcontext():
             while self.step < total:
                 stats = self.train_step()
                 w = self._window
@@ -247,6 +249,10 @@ class Trainer:
                     if log_path:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
+                    if board is not None:   # metrics.jsonl stays the source of truth
+                        for k, v in row.items():
+                            if k != "step":
+                                board.add_scalar(k, v, self.step)
                     self._window, t0 = {"sums": {}, "steps": 0}, time.perf_counter()
                 if saving and self.step % tc.ckpt_every == 0:
                     self.save()
@@ -258,6 +264,15 @@ class Trainer:
         if saving:
             self.save()
         return self.history
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("config key 'train.tensorboard': needs the tensorboard package "
+                          "(pip install 'rmflow[tensorboard]')") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 class _DeferredInterrupt:
