@@ -10,6 +10,7 @@ that tasks define without importing a validation library.)
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,9 +208,7 @@ class Config:
         self.train.validate("train")
         self.eval.validate("eval")
         check(len(self.seeds) > 0, "seeds", "must list at least one seed")
-        parts = Path(self.name).parts
-        check(bool(self.name.strip()) and not Path(self.name).is_absolute() and ".." not in parts, "name",
-              f"must be a relative folder path inside out_dir (like 'ring/run1'), without '..'; got {self.name!r}")
+        check_run_name(self.out_dir, self.name)
         for method, spec in self.compare.items():
             spec.validate(f"compare.{method}", list(self.compare))
         for section in ("task", "model"):
@@ -221,6 +220,32 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+def check_run_name(out_dir: str | Path, name: str) -> Path:
+    """The run folder Path(out_dir) / name, after checking that the name stays inside out_dir.
+
+    Raises ConfigError naming the key 'name' for an empty name, an absolute path, a '..' component, or a name whose
+    resolved folder (symlinks followed) is out_dir itself or lies outside it. Subfolders (ring/meanflow-s0) are fine.
+    """
+    def refuse(why: str):
+        raise ConfigError(f"config key 'name': {name!r} {why}; a run name must be a relative folder path inside "
+                          f"out_dir={str(out_dir)!r}, such as 'ring/meanflow-s0'")
+
+    if not isinstance(name, str) or not name.strip():
+        refuse("is empty" if isinstance(name, str) or name is None else f"is a {type(name).__name__}, not a string")
+    if "\x00" in name:
+        refuse("contains a NUL character")
+    if Path(name).is_absolute() or name.startswith(("/", "\\")):
+        refuse("is an absolute path")
+    if ".." in re.split(r"[\\/]", name):
+        refuse("contains a '..' component")
+    root, run = Path(out_dir).resolve(), (Path(out_dir) / name).resolve()
+    if run == root:
+        refuse("names out_dir itself")
+    if root not in run.parents:
+        refuse(f"resolves to {run}, outside out_dir (through a symbolic link?)")
+    return Path(out_dir) / name
 
 
 # --------------------------------------------------------------------------------------------- dict <-> classes

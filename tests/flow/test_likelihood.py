@@ -8,10 +8,33 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from rmflow.flow import FixedScale, MixtureRefiner, RMFlow
+from rmflow.flow import FixedScale, GuidedSource, MixtureRefiner, RMFlow
 from rmflow.flow.likelihood import flow_matching_log_likelihood, one_step_log_likelihood
 
 DIM = 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and much faster when other jobs share the two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _check_against(est, ref, min_ess=20.0, z=5.0):
+    """The estimate against the closed form, point by point with its own error bar: where ESS > min_ess,
+    |log p̂ − log p| < z·sqrt(1/ESS) (the delta-method standard error of a log-mean of weights), and the mean error
+    of those points within 4 of its standard errors plus the Jensen allowance mean(1/ESS)/2. Returns the errors."""
+    err = est.per_point - ref
+    ok = est.ess > min_ess
+    inv = 1 / est.ess[ok]
+    assert (err[ok].abs() < z * inv.sqrt()).all(), (err[ok].abs() * est.ess[ok].sqrt()).max()
+    bound = 4 * math.sqrt(inv.mean().item() / ok.sum().item()) + 0.5 * inv.mean().item()
+    assert abs(err[ok].mean().item()) < bound, (err[ok].mean().item(), bound)
+    assert abs(est.mean - ref.mean().item()) < 3 * est.stderr   # the weak check: within the spread over points
+    return err
 
 
 def _affine(dim=DIM, seed=0):
@@ -64,54 +87,64 @@ def test_prior_monte_carlo_matches_the_closed_form_of_an_affine_map():
     y = _held_out(truth, 64)
     ref = truth.log_prob(y)
     # batch < num_draws: each point's draws go through the network in several chunks
-    est = one_step_log_likelihood(_model(s), y, num_draws=20000, batch=8192,
+    est = one_step_log_likelihood(_model(s), y, num_draws=8192, batch=3000,
                                   generator=torch.Generator().manual_seed(0))
     assert est.per_point.shape == (64,) and est.ess.shape == (64,)
-    assert abs(est.mean - ref.mean().item()) < 3 * est.stderr            # the weak check the brief asks for
-    err = est.per_point - ref
-    assert err.abs().max().item() < 0.05 and abs(err.mean().item()) < 0.01  # the strong one: point by point
-    print(f"prior s={s}: est {est.mean:.4f} ± {est.stderr:.4f}, closed form {ref.mean().item():.4f}, "
-          f"max |err| {err.abs().max().item():.4f}, median ESS {est.median_ess:.0f}/20000")
+    assert ((est.ess >= 1 - 1e-9) & (est.ess <= 8192 + 1e-6)).all()
+    err = _check_against(est, ref)
+    # the ESS flags the tail points: few prior draws land near f⁻¹(y) when y is improbable
+    flagged = est.ess <= 20
+    assert torch.corrcoef(torch.stack([est.ess.log(), ref]))[0, 1] > 0.5
+    print(f"prior s={s}, M=8192: est {est.mean:.4f} ± {est.stderr:.4f}, closed form {ref.mean().item():.4f}; "
+          f"max |err| {err[~flagged].abs().max().item():.3f} where ESS > 20 ({(~flagged).sum().item()}/64), "
+          f"{err.abs().max().item():.3f} overall; median ESS {est.median_ess:.0f}")
+    # the defensive mixture's density where the prior share dominates (alpha small): its weights p0/q must be right
+    mostly_prior = one_step_log_likelihood(_model(s), y, num_draws=8192, generator=torch.Generator().manual_seed(1),
+                                           proposal="inverse", alpha=0.2)
+    assert mostly_prior.ess.min() > 50
+    _check_against(mostly_prior, ref)
 
 
-def test_inverse_importance_sampling_is_exact_where_plain_monte_carlo_fails():
+@pytest.mark.parametrize("proposal", ["inverse", "laplace"])
+def test_importance_sampling_is_accurate_where_plain_monte_carlo_fails(proposal):
     s = 0.02
     truth = _truth(s)
     y = _held_out(truth, 200)
     ref = truth.log_prob(y)
     model = _model(s)
-    inv = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0),
-                                  proposal="inverse")
+    est = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0),
+                                  proposal=proposal)
     prior = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0))
-    err_inv, err_prior = inv.per_point - ref, prior.per_point - ref
-    assert abs(inv.mean - ref.mean().item()) < 3 * inv.stderr
-    assert err_inv.abs().max().item() < 0.1 and abs(err_inv.mean().item()) < 0.02
-    # plain MC at the same budget: a few effective draws, far off and low (Jensen)
-    assert inv.median_ess > 50 * prior.median_ess
-    assert err_prior.mean().item() < -1.0
-    print(f"s={s}, M=256: closed form {ref.mean().item():.3f}; inverse IS {inv.mean:.3f} "
-          f"(max |err| {err_inv.abs().max().item():.3f}, median ESS {inv.median_ess:.1f}); prior MC {prior.mean:.3f} "
-          f"(mean err {err_prior.mean().item():.2f}, median ESS {prior.median_ess:.2f})")
+    assert est.ess.min() > 10                   # no point rests on a few draws ...
+    err = _check_against(est, ref)              # ... and each is within its error bar
+    # plain MC at the same budget: one effective draw, hundreds of nats low (Jensen)
+    err_prior = prior.per_point - ref
+    assert est.median_ess > 40 * prior.median_ess and err_prior.mean().item() < -10.0
+    print(f"s={s}, M=256: closed form {ref.mean().item():.3f}; {proposal} {est.mean:.3f} (mean err "
+          f"{err.mean().item():+.4f}, max |err| {err.abs().max().item():.3f}, ESS median {est.median_ess:.1f} min "
+          f"{est.ess.min().item():.1f}); prior MC {prior.mean:.3f} (mean err {err_prior.mean().item():.1f}, "
+          f"median ESS {prior.median_ess:.2f})")
 
 
-def test_an_approximate_inverse_shows_up_in_the_effective_sample_size():
-    """u(x, t, r) = A x + b at every time: x0* = (I − A) y − b misses f⁻¹(y) by O(A²)·|y| ≫ s. The defensive
-    share keeps the estimate finite; the ESS says it cannot be trusted; a wider τ repairs it."""
+def test_an_inexact_inverse_shows_in_the_ess_and_gauss_newton_repairs_it():
+    """u(x, t, r) = A x + b at every time: x0* = (I − A) y − b misses f⁻¹(y) by O(A²)·|y| ≫ s. The isotropic
+    proposal around it then carries almost no weight: the defensive share keeps the estimate finite, the ESS
+    says it cannot be trusted. The Laplace proposal's Gauss–Newton steps move to the posterior mode."""
     s = 0.02
     truth = _truth(s)
     y = _held_out(truth, 100)
     ref = truth.log_prob(y)
     model = _model(s, exact_inverse=False)
-    narrow = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0),
-                                     proposal="inverse")
-    wide = one_step_log_likelihood(model, y, num_draws=4096, generator=torch.Generator().manual_seed(0),
-                                   proposal="inverse", tau=0.5)
-    assert torch.isfinite(narrow.per_point).all()
-    assert narrow.median_ess < 3 and (narrow.per_point - ref).mean().item() < -1.0
-    assert wide.median_ess > 10 * narrow.median_ess
-    assert abs((wide.per_point - ref).mean().item()) < 0.05
-    print(f"approximate inverse: tau=s ESS {narrow.median_ess:.2f}, err {(narrow.per_point - ref).mean().item():.2f};"
-          f" tau=0.5 ESS {wide.median_ess:.1f}, err {(wide.per_point - ref).mean().item():.4f}")
+    iso = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0),
+                                  proposal="inverse")
+    lap = one_step_log_likelihood(model, y, num_draws=256, generator=torch.Generator().manual_seed(0),
+                                  proposal="laplace")
+    assert torch.isfinite(iso.per_point).all()
+    assert iso.median_ess < 3 and (iso.per_point - ref).mean().item() < -10.0
+    assert lap.ess.min() > 100
+    _check_against(lap, ref)
+    print(f"inexact inverse: isotropic ESS {iso.median_ess:.2f}, err {(iso.per_point - ref).mean().item():.1f}; "
+          f"laplace ESS {lap.median_ess:.1f}, err {(lap.per_point - ref).mean().item():+.4f}")
 
 
 def test_few_draws_are_biased_low_as_jensen_says():
@@ -145,15 +178,16 @@ def test_mixture_refiner_with_constant_offsets_is_a_gaussian_mixture():
                                 D.MultivariateNormal(b + offsets, cov.expand(3, DIM, DIM)))
     y = _held_out(truth, 100)
     ref = truth.log_prob(y)
-    for kwargs, tol in (({"num_draws": 20000}, 0.05), ({"num_draws": 4096, "proposal": "inverse", "alpha": 0.5}, 0.1)):
+    for kwargs in ({"num_draws": 8192}, {"num_draws": 1024, "proposal": "inverse"},
+                   {"num_draws": 256, "proposal": "laplace"}):
         est = one_step_log_likelihood(model, y, generator=torch.Generator().manual_seed(0), **kwargs)
-        err = est.per_point - ref
-        assert abs(est.mean - ref.mean().item()) < 3 * est.stderr
-        assert err.abs().max().item() < tol and abs(err.mean().item()) < 0.02, kwargs
+        err = _check_against(est, ref)
         print(f"mixture {kwargs}: est {est.mean:.4f}, closed form {ref.mean().item():.4f}, "
-              f"max |err| {err.abs().max().item():.4f}, median ESS {est.median_ess:.0f}")
+              f"max |err| {err.abs().max().item():.4f}, ESS median {est.median_ess:.0f} min {est.ess.min().item():.1f}")
+    # laplace, one part per component: every point reliable; the uniform choice of part costs about a factor K
+    assert est.ess.min() > 40
     # a single Gaussian channel with the same s instead (how MeanFlow 1-NFE is scored): another density
-    single = one_step_log_likelihood(model, y, num_draws=20000, generator=torch.Generator().manual_seed(0), scale=s)
+    single = one_step_log_likelihood(model, y, num_draws=8192, generator=torch.Generator().manual_seed(0), scale=s)
     assert single.mean < ref.mean().item() - 1.0
 
 
@@ -167,10 +201,48 @@ def test_scale_override_and_mask():
     y2 = _held_out(truth, 50)
     y = torch.cat([y2, torch.full((50, 1), 7.0, dtype=torch.float64)], dim=1)   # padding: any value
     mask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64).expand(50, DIM)
-    est = one_step_log_likelihood(model, y, num_draws=20000, generator=torch.Generator().manual_seed(0),
-                                  mask=mask, scale=s)
-    err = est.per_point - truth.log_prob(y2)
-    assert err.abs().max().item() < 0.05 and abs(err.mean().item()) < 0.01
+    for kwargs in ({"num_draws": 8192}, {"num_draws": 256, "proposal": "laplace"}):
+        est = one_step_log_likelihood(model, y, generator=torch.Generator().manual_seed(0), mask=mask, scale=s,
+                                      **kwargs)
+        _check_against(est, truth.log_prob(y2))
+    assert est.ess.min() > 100
+
+
+class _Encoder(nn.Module):
+    """φ(c) = c·v: each point has its own source mean."""
+
+    def __init__(self, v):
+        super().__init__()
+        self.register_buffer("v", v)
+
+    def forward(self, cond):
+        return cond * self.v
+
+
+def test_guided_source_with_a_condition_per_point():
+    """x0 ~ N(c·v, σ_c² I): y ~ N((I + A) c v + b, σ_c² (I + A)(I + A)ᵀ + s² I), a different Gaussian per point,
+    so the condition rows must follow their points through the chunks."""
+    s, sigma_c = 0.1, 0.3
+    a, b = _affine()
+    v = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    model = RMFlow(Affine(a, b), source=GuidedSource(_Encoder(v), sigma_c),
+                   refiner=FixedScale(sigma_min=s, sigma=0.0)).double()
+    cond = torch.linspace(-2, 2, 40, dtype=torch.float64)[:, None]
+    m = torch.eye(DIM, dtype=torch.float64) + a
+    truth = D.MultivariateNormal((cond * v) @ m.T + b, sigma_c ** 2 * m @ m.T + s ** 2 * torch.eye(DIM,
+                                                                                                   dtype=torch.float64))
+    y = truth.sample()
+    ref = truth.log_prob(y)
+    prior = one_step_log_likelihood(model, y, num_draws=8192, cond=cond, generator=torch.Generator().manual_seed(0))
+    assert prior.median_ess > 20
+    _check_against(prior, ref)
+    est = one_step_log_likelihood(model, y, num_draws=128, batch=1000, cond=cond, proposal="laplace",
+                                  generator=torch.Generator().manual_seed(0))
+    assert est.ess.min() > 80
+    _check_against(est, ref)
+    shuffled = one_step_log_likelihood(model, y, num_draws=128, batch=1000, cond=cond.flip(0), proposal="laplace",
+                                       generator=torch.Generator().manual_seed(0))
+    assert shuffled.mean < est.mean - 10
 
 
 def test_arguments_are_checked():

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from rmflow.train import rundir
-from rmflow.train.rundir import (RunLock, RunLocked, atomic_write_text, check_run_name, is_interactive,
+from rmflow.config import check_run_name
+from rmflow.train.rundir import (RunLock, RunLocked, atomic_write_text, is_interactive,
                                  rollback_metrics)
 
 # ----------------------------------------------------------------------------------------------- run names
@@ -25,7 +26,7 @@ def test_relative_names_give_a_folder_inside_out_dir(tmp_path, name):
                                       ("../other", r"'\.\.'"), ("ring/../../x", r"'\.\.'"), ("ring/..", r"'\.\.'"),
                                       ("..\\x", r"'\.\.'"), (".", "out_dir itself"), ("a\0b", "NUL")])
 def test_names_that_leave_out_dir_are_refused(tmp_path, name, why):
-    with pytest.raises(ValueError, match=re.escape(f"name={name!r}") + f".*{why}"):
+    with pytest.raises(ValueError, match=re.escape(f"'name': {name!r}") + f".*{why}"):
         check_run_name(tmp_path / "runs", name)
 
 
@@ -33,12 +34,12 @@ def test_a_symlink_out_of_out_dir_is_refused(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "runs" / "link").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match="name='link/run' resolves to .*elsewhere.*outside out_dir"):
+    with pytest.raises(ValueError, match="'name': 'link/run' resolves to .*elsewhere.*outside out_dir"):
         check_run_name(tmp_path / "runs", "link/run")
 
 
 def test_a_non_string_name_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="name=3 is a int, not a string"):
+    with pytest.raises(ValueError, match="'name': 3 is a int, not a string"):
         check_run_name(tmp_path, 3)
 
 

@@ -4,6 +4,7 @@ knows about molecules, images or text: a task hands over a network u(x, t, r, co
 batches. Nothing here reads a config either: rmflow.train.build turns a config into these objects."""
 from .cmfm import CMFMLoss, masked_sq_norm
 from .jvp import mean_velocity_time_derivative, unwrap
+from .likelihood import OneStepLikelihood, flow_matching_log_likelihood, one_step_log_likelihood
 from .model import RMFlow
 from .objective import LikelihoodSchedule, ObjectiveOutput, RMFlowObjective
 from .pairing import (PAIRINGS, IndependentPairing, InversePairing, MinibatchOTPairing, Pairing, Pairs, SelfPairing,
@@ -24,4 +25,5 @@ __all__ = [
     "PathSample", "FixedScale", "LearnedScale", "MixtureRefiner", "Refiner", "scale_nll", "cat_rows", "cond_rows",
     "to_device", "SampleResult", "flow_matching_ode", "meanflow", "one_step", "sample", "GaussianSource",
     "GuidedSource", "EuclideanSpace", "TimeSampler",
+    "OneStepLikelihood", "flow_matching_log_likelihood", "one_step_log_likelihood",
 ]

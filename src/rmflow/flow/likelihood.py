@@ -30,7 +30,7 @@ import torch
 from .refine import MixtureRefiner
 from .rows import cond_rows
 
-PROPOSALS = ("prior", "inverse")
+PROPOSALS = ("prior", "inverse", "laplace")
 DIVERGENCES = ("exact", "hutchinson")
 ODE_METHODS = ("rk4", "heun")
 
@@ -83,11 +83,137 @@ def _gauss_logpdf(x: torch.Tensor, mean: torch.Tensor, std, dof: torch.Tensor, s
 
 
 # ------------------------------------------------------------------------------------------------ one step
+def _jacobian(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(x) (B, *D) and its Jacobian per row, (B, D, D) over the flattened coordinates (row i = ∂fn_i/∂x), by D
+    vector-Jacobian products through one batched forward."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = fn(xg)
+        flat = out.flatten(1)
+        dim = flat.shape[1]
+        rows = []
+        for i in range(dim):
+            e = torch.zeros_like(flat)
+            e[:, i] = 1
+            (g,) = torch.autograd.grad(out, xg, grad_outputs=e.view_as(out), retain_graph=i + 1 < dim,
+                                       allow_unused=True)
+            rows.append(torch.zeros_like(flat) if g is None else g.flatten(1))
+    return out.detach(), torch.stack(rows, dim=1)
+
+
+class _Isotropic:
+    """q = N(c, τ² I) on the space, per point: centre (n, *D), spread τ (n,). Draws and densities for m draws per
+    point, rows grouped by point as in `rep = arange(n).repeat_interleave(m)`."""
+
+    def __init__(self, centre, spread, space):
+        self.centre, self.spread, self.space = centre, spread, space
+
+    def draw(self, m, like, mask, generator):
+        """(n·m, *D)."""
+        c, tau = self.centre.repeat_interleave(m, dim=0), self.spread.repeat_interleave(m)
+        return c + _col(tau, like) * self.space.randn_like(like, mask, generator)
+
+    def log_prob(self, x, m, dof, mask):
+        """(n·m,)."""
+        return _gauss_logpdf(x, self.centre.repeat_interleave(m, dim=0), self.spread.repeat_interleave(m), dof,
+                             self.space, mask)
+
+
+class _Laplace:
+    """q = N(c, w² Λ⁻¹) on the space, Λ = Ĵᵀ Ĵ / s² + P / σ0² + (I − P), Ĵ = P J P, J = ∂μ/∂x0 at c (μ the mean of
+    the channel's Gaussian, f_θ or f_θ + δ_k), P the space's projection as a (n, D, D) matrix: the Laplace
+    (Gauss–Newton) approximation of p(x0 | y) ∝ p0(x0) N(y; μ(x0), s² I), after `newton` Gauss–Newton steps from
+    the start c. With P an orthogonal projection Λ is block-diagonal across range(P) and its complement, so
+    P·N(0, Λ⁻¹) is the subspace Gaussian and log det Λ is its log-determinant."""
+
+    def __init__(self, mean_fn, y, centre, s, mean0, std0, widen, newton, space, mask):
+        shape, dim = y.shape, y[0].numel()
+        eye = torch.eye(dim, dtype=y.dtype, device=y.device)
+        proj = torch.stack([space.project(eye[i].expand(shape[0], dim).reshape(shape), mask).flatten(1)
+                            for i in range(dim)], dim=2)                                  # (n, D, D): P e_i
+        s2 = (s ** 2)[:, None]
+        for k in range(newton + 1):
+            mu, jac = _jacobian(mean_fn, centre)
+            jac = proj @ jac @ proj
+            prec = jac.transpose(1, 2) @ jac / s2[:, :, None] + proj / std0 ** 2 + (eye - proj)
+            if k == newton:
+                break
+            # Gauss–Newton step on log p0(x0) + log N(y; μ(x0), s² I) towards the posterior mode
+            resid = space.project(y - mu, mask).flatten(1)
+            grad = (jac.transpose(1, 2) @ resid[:, :, None]).squeeze(-1) / s2 \
+                - space.project(centre - mean0, mask).flatten(1) / std0 ** 2
+            centre = space.project(centre + torch.linalg.solve(prec, grad).view(shape), mask)
+        self.chol = torch.linalg.cholesky(prec)                                             # Λ = L Lᵀ
+        self.centre, self.widen, self.space = centre, widen, space
+        self.log_det = 2 * torch.log(torch.diagonal(self.chol, dim1=1, dim2=2)).sum(1)      # log det Λ
+
+    def draw(self, m, like, mask, generator):
+        """(n·m, *D), rows grouped by point."""
+        n, dim = self.chol.shape[0], self.chol.shape[1]
+        eps = torch.randn((n, dim, m), generator=generator, device=like.device, dtype=like.dtype)
+        z = torch.linalg.solve_triangular(self.chol.transpose(1, 2), eps, upper=True)   # cov Λ⁻¹ per column
+        z = z.transpose(1, 2).reshape(like.shape)
+        return self.centre.repeat_interleave(m, dim=0) + self.space.project(self.widen * z, mask)
+
+    def log_prob(self, x, m, dof, mask):
+        """(n·m,)."""
+        n, dim = self.chol.shape[0], self.chol.shape[1]
+        d = self.space.project(x - self.centre.repeat_interleave(m, dim=0), mask) / self.widen
+        lt = self.chol.transpose(1, 2) @ d.reshape(n, m, dim).transpose(1, 2)              # Lᵀ d: ‖·‖² = dᵀΛd
+        quad = lt.pow(2).sum(1).reshape(n * m)
+        return (-0.5 * quad + 0.5 * self.log_det.repeat_interleave(m)
+                - dof * (math.log(self.widen) + 0.5 * math.log(2 * math.pi)))
+
+
+class _Uniform:
+    """q = (1/K) Σ_k q_k: one part per mixture component."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def draw(self, m, like, mask, generator):
+        if len(self.parts) == 1:
+            return self.parts[0].draw(m, like, mask, generator)
+        draws = torch.stack([q.draw(m, like, mask, generator) for q in self.parts])       # (K, n·m, *D)
+        pick = torch.randint(len(self.parts), (like.shape[0],), generator=generator, device=like.device)
+        return draws[pick, torch.arange(like.shape[0], device=like.device)]
+
+    def log_prob(self, x, m, dof, mask):
+        logs = torch.stack([q.log_prob(x, m, dof, mask) for q in self.parts])
+        return torch.logsumexp(logs, dim=0) - math.log(len(self.parts))
+
+
+def _importance_proposal(model, proposal, y, s, mean0, std0, tau, widen, newton, mixture, cond, mask):
+    """The non-prior part of q for n points y (n, *D): around the reverse map's x0*(y) = y − u(y, 1, 0); for the
+    mixture refiner one part per component k, started at x0*(y − δ_k(x0*)) (δ_k evaluated at x0*)."""
+    space, ones, zeros = model.space, _full(y, 1.0), _full(y, 0.0)
+
+    def f(x):
+        return x + model(x, zeros, ones, cond, mask)
+
+    def reverse(x):
+        return space.project(x - model(x, ones, zeros, cond, mask), mask)
+
+    x_star = reverse(y)
+    if mixture:
+        f_star = f(x_star)
+        offsets = model.refiner.mixture_params(x_star, f_star)[0] - f_star.unsqueeze(1)          # (n, K, D)
+        starts = [reverse(y - offsets[:, k]) for k in range(offsets.shape[1])]
+        mean_fns = [lambda x, k=k: model.refiner.mixture_params(x, f(x))[0][:, k] for k in range(len(starts))]
+    else:
+        starts, mean_fns = [x_star], [f]
+    if proposal == "laplace":
+        return _Uniform([_Laplace(fn, y, c, s, mean0, std0, widen, newton, space, mask)
+                         for fn, c in zip(mean_fns, starts)])
+    spread = 2 * s if tau is None else _full(y, tau)
+    return _Uniform([_Isotropic(c, spread, space) for c in starts])
+
+
 @torch.no_grad()
 def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch: int = 65536,
                             generator: torch.Generator | None = None, cond=None, mask=None,
                             proposal: str = "prior", tau: float | None = None, alpha: float = 0.9,
-                            scale: float | None = None) -> OneStepLikelihood:
+                            widen: float = 1.2, newton: int = 2, scale: float | None = None) -> OneStepLikelihood:
     """Importance-sampled log-likelihood of held-out points y (N, *D) under the one-step model.
 
     For each point, with M = num_draws draws x0_j ~ q(· | y) (independent across points),
@@ -96,22 +222,35 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
 
     p_θ(y | x0) the model's refinement channel (module docstring; s from `model.refiner(B, cond)`, or `scale`).
 
-    proposal="prior":   q = p0, w_j = p_θ(y | x0_j): plain Monte Carlo. Hopeless when s is small: p_θ(y | x0) is
-                        a spike of width s around f_θ⁻¹(y) that almost no prior draw hits (watch `ess`).
-    proposal="inverse": defensive importance sampling around the model's own inverse
-                        x0*(y) = y − u_θ(y, 1, 0) (the reverse one-step map, as pairing.Reverse / InversePairing):
+    proposal="prior":    q = p0, w_j = p_θ(y | x0_j): plain Monte Carlo. Hopeless when s is small: p_θ(y | x0) is
+                         a spike of width s around f_θ⁻¹(y) that almost no prior draw hits (watch `ess`).
+    proposal="inverse":  defensive importance sampling around the model's own inverse
+                         x0*(y) = y − u_θ(y, 1, 0) (the reverse one-step map, as pairing.Reverse / InversePairing):
 
-                            q = α·N(x0*, τ² I) + (1 − α)·p0,     τ = `tau` (default: s, per row).
+                             q = α·N(x0*, τ² I) + (1 − α)·p0,      τ = `tau` (default 2s, per row).
 
-                        The prior share 1 − α bounds every weight by p_θ(y | x0) / (1 − α), so the estimate stays
-                        finite-variance when x0* is off or the posterior is wider than τ; α = 1 drops it. τ should
-                        be about the posterior width of x0 given y, ≈ s / (singular values of ∂f_θ/∂x0): for a map
-                        that contracts strongly (thin data manifolds), take τ larger than s.
+                         The posterior of x0 given y is about N(x0_map, s² (JᵀJ)⁻¹) (J = ∂f_θ/∂x0): its width along
+                         a singular direction of J is s/σ_j. A Gaussian proposal narrower than 1/√2 of the target's
+                         width has weights of infinite variance, so τ should exceed 0.71·s/σ_min(J); wider is safe
+                         but wastes draws (ESS ~ M·Π_j (width_j/τ)). The prior share 1 − α bounds every weight by
+                         p_θ(y | x0)/(1 − α), so the estimate stays finite when x0* is off; α = 1 drops it.
+                         Costs one extra network call per point; works for any D.
+    proposal="laplace":  q = α·N(x̄0, w² Λ⁻¹) + (1 − α)·p0, the Laplace approximation of p(x0 | y) for the
+                         Gaussian part of the channel: start at x0*, take `newton` Gauss–Newton steps towards the
+                         posterior mode x̄0 (they repair an inexact reverse map), Λ = JᵀJ/s² + I/σ0² at x̄0 and
+                         w = `widen` (> 1 keeps the proposal's tails above the target's). Exact for an affine map.
+                         Costs (newton + 1)·(1 forward + D backward passes) per point and a (D, D) matrix per
+                         point: small flattened D only (vector data).
+
+    Mixture refiner: y may come from any component, so the non-prior part of q is a uniform mixture of K parts
+    (1/K)·Σ_k q_k, part k built as above for component k's channel mean μ_k = f_θ + δ_k and started at
+    x0*(y − δ_k(x0*)), δ_k evaluated at x0* (exact for constant offsets; otherwise the Gauss–Newton steps of
+    "laplace" and the prior share have to make up for it). This costs K times the proposal's network calls.
 
     Bias: p̂(y) is unbiased for p_θ(y) (not for log p_θ(y)); by Jensen E log p̂ ≤ log E p̂ = log p_θ(y), so the
     reported value is a stochastic lower bound in expectation (like IWAE), whose gap shrinks as the ESS grows
-    (about (1/ess − 1/M) / 2 nats per point for well-behaved weights). Compare models at the same M and proposal,
-    and look at `ess` before trusting a number.
+    (about (1/ess − 1/M)/2 nats per point for well-behaved weights). Compare models at the same M and proposal,
+    and look at `ess` before trusting a number: ESS near 1 means one draw carried the estimate.
 
     MeanFlow 1-NFE "with the same channel": a MeanFlow model has no trained refiner; score its map
     x0 + u(x0, 0, 1) under the same Gaussian channel by passing the RMFlow model's s as `scale` (or give it
@@ -124,7 +263,7 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
         batch: at most this many (point, draw) pairs per network call; memory is O(batch), not O(N·M).
         generator: for the draws (on y's device).
         cond, mask: per-point rows (None, a tensor or a dict of tensors with N rows), repeated per draw.
-        proposal, tau, alpha: see above (tau and alpha are used by "inverse" only).
+        proposal, tau, alpha, widen, newton: see above (tau: "inverse"; widen, newton: "laplace"; alpha: both).
         scale: a Gaussian channel scale s to use instead of the model's refiner.
 
     Returns:
@@ -132,12 +271,12 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
     """
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
-    if num_draws < 1 or batch < 1:
-        raise ValueError(f"num_draws and batch must be >= 1, got {num_draws}, {batch}")
+    if num_draws < 1 or batch < 1 or newton < 0:
+        raise ValueError(f"need num_draws, batch >= 1 and newton >= 0, got {num_draws}, {batch}, {newton}")
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    if tau is not None and tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    if (tau is not None and tau <= 0) or widen <= 0:
+        raise ValueError(f"tau and widen must be > 0, got {tau}, {widen}")
     if scale is not None and scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     mixture = scale is None and isinstance(model.refiner, MixtureRefiner)
@@ -154,13 +293,12 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
         yc, cc, mc = y[idx], cond_rows(cond, idx), cond_rows(mask, idx)
         n = len(idx)
         s = _full(yc, scale) if scale is not None else model.refiner(n, cc).to(yc.dtype).expand(n)
-        centre = None
-        if proposal == "inverse":
-            centre = space.project(yc - model(yc, _full(yc, 1.0), _full(yc, 0.0), cc, mc), mc)
-            spread = s if tau is None else _full(yc, tau)
         mean0, std0 = _source_gaussian(model, yc, cc, mc)
-        if centre is not None and std0 <= 0:
-            raise ValueError("the inverse proposal needs a source with a density (sigma_c > 0)")
+        near = None
+        if proposal != "prior":
+            if std0 <= 0:
+                raise ValueError("an importance proposal needs a source with a density (sigma_c > 0)")
+            near = _importance_proposal(model, proposal, yc, s, mean0, std0, tau, widen, newton, mixture, cc, mc)
         lse_w = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
         lse_w2 = lse_w.clone()
         for d_start in range(0, num_draws, draws_chunk):
@@ -170,15 +308,15 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
             dof = space.dof(yr, mr).to(yr.dtype)
             x0 = mean0[rep] + std0 * space.randn_like(yr, mr, generator)
             log_w = torch.zeros(len(rep), dtype=yr.dtype, device=yr.device)
-            if centre is not None:
-                near = centre[rep] + _col(spread[rep], yr) * space.randn_like(yr, mr, generator)
+            if near is not None:
+                x_near = near.draw(m, yr, mr, generator)
                 if alpha < 1:
                     pick = torch.rand(len(rep), generator=generator, device=yr.device, dtype=yr.dtype) < alpha
-                    x0 = torch.where(_col(pick, yr), near, x0)
+                    x0 = torch.where(_col(pick, yr), x_near, x0)
                 else:
-                    x0 = near
+                    x0 = x_near
                 log_p0 = _gauss_logpdf(x0, mean0[rep], std0, dof, space, mr)
-                log_near = _gauss_logpdf(x0, centre[rep], spread[rep], dof, space, mr)
+                log_near = near.log_prob(x0, m, dof, mr)
                 log_q = log_near if alpha == 1 else torch.logaddexp(
                     math.log(alpha) + log_near, math.log1p(-alpha) + log_p0)
                 log_w = log_p0 - log_q

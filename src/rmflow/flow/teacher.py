@@ -80,11 +80,6 @@ class TeacherPairing(Pairing):
         if "focus_errors" in tensors:
             self._restored_errors, self.bank = tensors["focus_errors"], None
 
-    @property
-    def bank_kept(self) -> float:
-        """Share of the bank that passed the filter (1.0 before the bank is built or without a bank)."""
-        return 1.0 if self.bank is None or not self.bank_size else len(self.bank.x0) / self.bank_size
-
     # -- pairs -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:

@@ -1,7 +1,7 @@
-"""Run-folder safety: checked run names, one process per run folder, atomic text writes, metrics rollback.
+"""Run-folder safety: one process per run folder, atomic text writes, metrics rollback.
 
-A run lives in out_dir/<name> (name may have subfolders: ring/meanflow-s0). check_run_name keeps it inside
-out_dir; RunLock keeps a second rmflow process out of a folder that is in use (an OS file lock, released by the
+A run lives in out_dir/<name> (name may have subfolders: ring/meanflow-s0; rmflow.config.check_run_name keeps it
+inside out_dir, where the config is loaded). RunLock keeps a second rmflow process out of a folder that is in use (an OS file lock, released by the
 OS if the holder dies); atomic_write_text replaces a file whole or not at all; rollback_metrics cuts metrics.jsonl
 back to a checkpoint's step so a resumed run does not log the same steps twice.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import stat
 import sys
@@ -19,32 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import filelock
-
-
-def check_run_name(out_dir: str | Path, name: str) -> Path:
-    """The run folder Path(out_dir) / name, after checking that the name stays inside out_dir.
-
-    Raises ValueError naming name= for an empty name, an absolute path, a '..' component, or a name whose
-    resolved folder (symlinks followed) is out_dir itself or lies outside it. Subfolders (ring/meanflow-s0) are fine.
-    """
-    def refuse(why: str):
-        raise ValueError(f"name={name!r} {why}; a run name must be a relative folder path inside "
-                         f"out_dir={str(out_dir)!r}, such as 'ring/meanflow-s0'")
-
-    if not isinstance(name, str) or not name.strip():
-        refuse("is empty" if isinstance(name, str) or name is None else f"is a {type(name).__name__}, not a string")
-    if "\x00" in name:
-        refuse("contains a NUL character")
-    if Path(name).is_absolute() or name.startswith(("/", "\\")):
-        refuse("is an absolute path")
-    if ".." in re.split(r"[\\/]", name):
-        refuse("contains a '..' component")
-    root, run = Path(out_dir).resolve(), (Path(out_dir) / name).resolve()
-    if run == root:
-        refuse("names out_dir itself")
-    if root not in run.parents:
-        refuse(f"resolves to {run}, outside out_dir (through a symbolic link?)")
-    return Path(out_dir) / name
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
