@@ -59,14 +59,17 @@ def test_the_objective_trains_inside_a_loop_of_ones_own():
     data = torch.cat([torch.randn(4096, 2) * 0.3 + 2, torch.randn(4096, 2) * 0.3 - 2])
     loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True)
     model = RMFlow(MyNet())                                       # Gaussian source, fixed refinement
-    stage1 = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0))    # L_CMFM only: MeanFlow
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(8):
-        for x in loader:
-            loss = stage1(x).loss.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def fit(objective, epochs):
+        for _ in range(epochs):
+            for x in loader:
+                loss = objective(x).loss.mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    fit(RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0)), 8)     # L_CMFM only: MeanFlow
     x0 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     eight = meanflow(model, x0, 8).x
     assert (eight.abs().mean(0) > 1.2).all()                      # mass sits near ±2, not at the origin
@@ -75,11 +78,6 @@ def test_the_objective_trains_inside_a_loop_of_ones_own():
                              lambda_nll=1.0, schedule=LikelihoodSchedule(start=0))
     stage2.start_likelihood_stage(model)
     before = (one_step(model, x0, refine=False).x - meanflow(teacher.teacher, x0, 8).x).norm(dim=1).mean()
-    for _ in range(4):
-        for x in loader:
-            loss = stage2(x).loss.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(stage2, 4)
     after = (one_step(model, x0, refine=False).x - meanflow(teacher.teacher, x0, 8).x).norm(dim=1).mean()
     assert after < 0.7 * before
