@@ -1,5 +1,7 @@
 """The time-series task (RMFlow's dynamical systems): trajectories of Lorenz-63 and two coupled
-FitzHugh–Nagumo units, and yearly sunspot numbers as real data.
+FitzHugh–Nagumo units, yearly sunspot numbers as real data, or a user's own series from a file
+(system "file": task.path to a .npy array (N, T, C), (T, C) or (T,), or a CSV with one column per channel;
+see data.file_series for the split and the checks).
 
 - mode "unconditional": a sample is a whole window x: (B, C, L).
 - mode "conditional":  a sample is the future x: (B, C, H) of a window, given its first k steps, the
@@ -14,6 +16,7 @@ floor of every metric). Unconditional references are random test windows drawn w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, Union
 
 import torch
 
@@ -21,7 +24,7 @@ from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets.temporal import SequenceFlowNet
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
-from .data import REAL, Windows, simulated_series, sunspots_series
+from .data import FILE, REAL, Windows, file_series, simulated_series, sunspots_series
 from .metrics import (CONDITIONAL_FORMAT, LABELS, UNCONDITIONAL_FORMAT, conditional_metrics,
                       unconditional_metrics)
 from .model import ContextEncoder
@@ -35,7 +38,7 @@ ENCODERS = ("linear", "zero", "none")
 @dataclass
 class DynamicsData:
     name: str = "dynamics"
-    system: str = "lorenz"          # lorenz | fhn | sunspots
+    system: str = "lorenz"          # lorenz | fhn | sunspots | file (task.path)
     mode: str = "conditional"       # conditional | unconditional
     window_len: int = 64            # L: steps per window (context + horizon in conditional mode)
     context_len: int = 16           # k: observed first steps (conditional mode)
@@ -51,9 +54,16 @@ class DynamicsData:
     ensemble: int = 32              # forecasts per context in evaluation
     crps_estimator: str = "fair"    # scoringrules estimator: fair | nrg | pwm | ...
     plot_contexts: int = 3
+    # system "file": a user's own series
+    path: str = ""                  # .npy (N, T, C) many series | (T, C) or (T,) one series; .csv/.tsv rows = steps
+    columns: list[Union[int, str]] = field(default_factory=list)   # channels: CSV names or 0-based indices;
+                                    # [] = every numeric column
+    format: Literal["auto", "npy", "csv"] = "auto"   # auto: from the suffix (.npy | .csv .tsv .txt)
+    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])   # train/valid/test shares: of the
+                                    # series (N >= 2), or contiguous time blocks of one long series (also sunspots)
 
     def validate(self, key: str) -> None:
-        allowed = sorted(SYSTEMS) + list(REAL)
+        allowed = sorted(SYSTEMS) + list(REAL) + [FILE]
         check(self.system in allowed, f"{key}.system", f"must be one of {allowed}")
         check(self.mode in MODES, f"{key}.mode", f"must be one of {MODES}")
         check(self.window_len >= 2, f"{key}.window_len", "must be >= 2")
@@ -61,7 +71,16 @@ class DynamicsData:
             check(1 <= self.context_len < self.window_len, f"{key}.context_len",
                   f"must be in [1, window_len - 1] = [1, {self.window_len - 1}] in conditional mode")
         check(self.dt >= 0, f"{key}.dt", "must be >= 0 (0 = the system's default)")
-        check(self.traj_len >= self.window_len, f"{key}.traj_len", f"must be >= window_len ({self.window_len})")
+        if self.system in SYSTEMS:
+            check(self.traj_len >= self.window_len, f"{key}.traj_len", f"must be >= window_len ({self.window_len})")
+        check(len(self.split) == 3 and all(s >= 0 for s in self.split) and self.split[0] > 0 and self.split[2] > 0,
+              f"{key}.split", "must be three shares [train, valid, test] >= 0, train and test > 0 "
+              f"(they are divided by their sum); got {self.split}")
+        if self.system == FILE:
+            check(bool(self.path.strip()), f"{key}.path", "system 'file' needs the path of a .npy or .csv file")
+            for i, c in enumerate(self.columns):
+                check(isinstance(c, (int, str)) and not isinstance(c, bool), f"{key}.columns[{i}]",
+                      f"must be a column name or a 0-based index, got {c!r}")
         for name in ("train_traj", "test_traj"):
             check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         check(self.valid_traj >= 0, f"{key}.valid_traj", "must be >= 0")
@@ -107,8 +126,11 @@ class DynamicsTask(Task):
         self.space = EuclideanSpace()
         self.conditional = t.mode == "conditional"
         self.k = t.context_len if self.conditional else 0
-        if t.system in REAL:
-            self.data = sunspots_series(overlap=t.context_len if self.conditional else 0)
+        overlap = t.context_len if self.conditional else 0
+        if t.system == FILE:
+            self.data = file_series(t.path, t.columns, t.format, t.window_len, overlap, t.split, t.data_seed)
+        elif t.system in REAL:
+            self.data = sunspots_series(overlap=overlap, fractions=t.split)
         else:
             system = SYSTEMS[t.system]
             dt = t.dt or system.default_dt

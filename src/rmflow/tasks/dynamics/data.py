@@ -9,11 +9,22 @@ Sunspots (statsmodels.datasets.sunspots, yearly 1700–2008, 309 values, needs `
 square-root transformed (the usual variance-stabilising step), then split chronologically 70/10/20 %; the
 valid and test pieces start `overlap` years early so that their first windows' contexts are available while
 every forecast target lies inside the held-out period.
+
+Files (task.system "file", `file_series`): a user's own series from a .npy array or a CSV table.
+- (N, T, C) .npy: N series of T steps and C channels, windows cut from each series like simulated trajectories;
+  the series (not the windows) are split into train/valid/test by a seeded permutation (task.data_seed) in the
+  task.split proportions (at least one training and one test series; N = 1 counts as one long series).
+- (T, C) or (T,) .npy, or a CSV (rows = time steps, columns = channels; a header row names them): one long series,
+  split chronologically like sunspots (contiguous blocks, valid/test starting `overlap` steps early).
+Values must all be finite (NaN, inf and missing cells are counted and refused). No transform is applied; the task
+standardises every channel with the training split's mean and std like every other system (SeriesData).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -22,10 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import ConfigError
 from .systems import SYSTEMS, simulate_many
 
 SPLITS = ("train", "valid", "test")
 REAL = ("sunspots",)
+FILE = "file"                       # task.system of a user's own file
+FILE_FORMATS = ("auto", "npy", "csv")
+MISSING = ("", "na", "n/a", "nan", "null", "none", "-")   # CSV cells read as missing values (NaN)
 CACHE_VERSION = 1
 
 
@@ -108,15 +123,208 @@ def sunspots_series(overlap: int, fractions=(0.7, 0.1, 0.2)) -> SeriesData:
     return split_series(values, overlap, fractions, channels=("sqrt_sunspots",))
 
 
+def block_bounds(n: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int]:
+    """The two boundaries (train | valid | test) of a chronological split of n steps."""
+    total = float(sum(fractions))
+    b1 = int(round(fractions[0] / total * n))
+    b2 = int(round((fractions[0] + fractions[1]) / total * n))
+    return b1, b2
+
+
 def split_series(values: np.ndarray, overlap: int, fractions=(0.7, 0.1, 0.2), channels=("value",)) -> SeriesData:
-    """Chronological split of a 1-D series; valid/test start `overlap` steps before their boundary."""
-    n = len(values)
-    b1 = int(round(fractions[0] * n))
-    b2 = int(round((fractions[0] + fractions[1]) * n))
+    """Chronological split of a series (T,) or (T, C); valid/test start `overlap` steps before their boundary."""
+    values = np.asarray(values)
+    if values.ndim == 1:
+        values = values[:, None]
+    b1, b2 = block_bounds(len(values), fractions)
     pieces = {"train": values[:b1], "valid": values[max(b1 - overlap, 0):b2], "test": values[max(b2 - overlap, 0):]}
-    arrays = {k: v.astype(np.float32)[None, None, :] for k, v in pieces.items()}
-    proj = (0, 0)
-    return SeriesData(arrays["train"], arrays["valid"], arrays["test"], channels, proj)
+    arrays = {k: np.ascontiguousarray(v.astype(np.float32).T[None]) for k, v in pieces.items()}   # (1, C, T)
+    proj = (0, 1) if values.shape[1] > 1 else (0, 0)
+    return SeriesData(arrays["train"], arrays["valid"], arrays["test"], tuple(channels), proj)
+
+
+# -------------------------------------------------------------------------------------------------- files
+def _refuse(key: str, message: str):
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def _column_index(spec, names: list[str], key: str, named: bool) -> int:
+    """A column given by name (str) or 0-based index (int, or a string of digits that is not a name)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        _refuse(key, f"a column is a name or a 0-based index, got {spec!r}")
+    if isinstance(spec, str) and named and spec in names:
+        return names.index(spec)
+    if isinstance(spec, str) and not spec.strip().lstrip("-").isdigit():
+        where = f"the header names {names}" if named else "the file has no header row (pick columns by index)"
+        _refuse(key, f"no column named {spec!r}; {where}")
+    i = int(spec)
+    if not 0 <= i < len(names):
+        _refuse(key, f"column index {i} is out of range: the file has {len(names)} columns (0..{len(names) - 1})")
+    return i
+
+
+def _parse_cell(cell: str) -> float | None:
+    """float, NaN for a missing cell, None for text."""
+    c = cell.strip()
+    if c.lower() in MISSING:
+        return float("nan")
+    try:
+        return float(c)
+    except ValueError:
+        return None
+
+
+def read_csv_series(path: Path, columns: list) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A CSV/TSV table (rows = time steps) -> values (T, C) float64 (NaN where missing) and the channel names.
+
+    A first row with any non-numeric cell is the header. columns: names or 0-based indices; empty = every numeric
+    column (a column whose cells are mostly text, such as a date, is left out; a mostly numeric column with a few
+    text cells is an error that names the cell)."""
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        _refuse("task.path", f"{name} is not a UTF-8 text file; is it really a CSV (task.format)?")
+    if path.suffix.lower() == ".tsv":
+        delimiter = "\t"
+    else:
+        try:
+            delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
+        except csv.Error:
+            delimiter = ","
+    rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter))
+            if any(c.strip() for c in r)]
+    if not rows:
+        _refuse("task.path", f"{name} is empty")
+    first = rows[0][1]
+    named = any(_parse_cell(c) is None for c in first)
+    names = [c.strip() or f"column {j}" for j, c in enumerate(first)] if named else \
+        [f"c{j}" for j in range(len(first))]
+    body = rows[1:] if named else rows
+    if not body:
+        _refuse("task.path", f"{name} has a header row but no data rows")
+    width = len(names)
+    for line, r in body:
+        if len(r) != width:
+            _refuse("task.path", f"{name} line {line} has {len(r)} cells, but the first row has {width}")
+    parsed = [[_parse_cell(r[j]) for _, r in body] for j in range(width)]
+    lines = [line for line, _ in body]
+
+    def text_cells(j):
+        return [(lines[i], body[i][1][j]) for i, v in enumerate(parsed[j]) if v is None]
+
+    if columns:
+        chosen = [_column_index(c, names, f"task.columns[{k}]", named) for k, c in enumerate(columns)]
+        for k, j in enumerate(chosen):
+            bad = text_cells(j)
+            if bad:
+                _refuse(f"task.columns[{k}]", f"column {names[j]!r} of {name} is not numeric ({len(bad)} text "
+                        f"cells, first on line {bad[0][0]}: {bad[0][1]!r})")
+    else:
+        chosen = []
+        for j in range(width):
+            bad = text_cells(j)
+            numbers = sum(1 for v in parsed[j] if v is not None and v == v)
+            if not bad:
+                chosen.append(j)
+            elif len(bad) < numbers:   # mostly numbers: a typo, not a text column
+                _refuse("task.path", f"column {names[j]!r} of {name} is numeric but has {len(bad)} text cells "
+                        f"(first on line {bad[0][0]}: {bad[0][1]!r}); fix them, or pick other columns with "
+                        "task.columns")
+        if not chosen:
+            _refuse("task.path", f"{name} has no numeric column (columns: {names})")
+    values = np.array([parsed[j] for j in chosen], dtype=np.float64).T      # (T, C)
+    return values, tuple(names[j] for j in chosen)
+
+
+def read_npy_series(path: Path, columns: list) -> tuple[np.ndarray, tuple[str, ...], bool]:
+    """A .npy array -> (values (N, T, C) float64, channel names, one long series?)."""
+    name = path.name
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        _refuse("task.path", f"{name} cannot be read as a .npy array ({e}); is task.format right?")
+    if not isinstance(x, np.ndarray):
+        _refuse("task.path", f"{name} holds several arrays (.npz); save the series alone with np.save")
+    if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        _refuse("task.path", f"{name} has dtype {x.dtype}, not real numbers")
+    if x.ndim not in (1, 2, 3) or x.size == 0:
+        _refuse("task.path", f"{name} has shape {x.shape}; expected (N, T, C) = N series of T steps and C channels, "
+                "or (T, C) / (T,) = one long series (rows = time steps)")
+    long = x.ndim < 3 or x.shape[0] == 1
+    x = x.astype(np.float64)
+    x = x.reshape(1, -1, 1) if x.ndim == 1 else (x[None] if x.ndim == 2 else x)
+    names = [f"c{j}" for j in range(x.shape[2])]
+    if columns:
+        chosen = [_column_index(c, names, f"task.columns[{k}]", False) for k, c in enumerate(columns)]
+        x, names = x[..., chosen], [names[j] for j in chosen]
+    return x, tuple(names), long
+
+
+def read_series_file(path: str | Path, columns: list = (), fmt: str = "auto"
+                     ) -> tuple[np.ndarray, tuple[str, ...], bool]:
+    """Read and check a series file: (values (N, T, C) float64, channel names, one long series?).
+    Raises ConfigError naming task.path / task.columns / task.format."""
+    if not str(path):
+        _refuse("task.path", "task.system 'file' needs the path of a .npy or .csv file")
+    p = Path(path).expanduser()
+    if not p.exists():
+        _refuse("task.path", f"no such file: {str(p)!r} (relative paths start at {os.getcwd()})")
+    if not p.is_file():
+        _refuse("task.path", f"{str(p)!r} is not a file")
+    if fmt == "auto":
+        suffix = p.suffix.lower()
+        if suffix == ".npy":
+            fmt = "npy"
+        elif suffix in (".csv", ".tsv", ".txt"):
+            fmt = "csv"
+        else:
+            _refuse("task.format", f"cannot tell the format of {p.name!r} from its suffix; set task.format to "
+                    "'npy' or 'csv'")
+    if fmt == "npy":
+        values, names, long = read_npy_series(p, list(columns))
+    else:
+        values, names = read_csv_series(p, list(columns))
+        values, long = values[None], True
+    bad = ~np.isfinite(values)
+    if bad.any():
+        n, t, c = (int(i) for i in np.argwhere(bad)[0])
+        where = (f"step {t}" if long else f"series {n}, step {t}") + f", channel {names[c]!r}"
+        _refuse("task.path", f"{p.name} holds {int(bad.sum())} NaN/inf/missing values (first at {where}); the task "
+                "refuses them: fill or drop them before training")
+    return values, names, long
+
+
+def file_series(path: str | Path, columns: list, fmt: str, window_len: int, overlap: int,
+                fractions=(0.7, 0.1, 0.2), seed: int = 0) -> SeriesData:
+    """A user's series file as SeriesData: many series split by series (a permutation seeded with `seed`), or one
+    long series split into contiguous blocks (valid/test start `overlap` steps early). Checks that the training
+    and test splits hold at least one window of window_len steps."""
+    values, names, long = read_series_file(path, columns, fmt)
+    name = Path(path).name
+    if long:
+        series = values[0]
+        t = len(series)
+        b1, b2 = block_bounds(t, fractions)
+        train_len, test_len = b1, t - max(b2 - overlap, 0)
+        if min(train_len, test_len) < window_len:
+            hint = " (is your array (C, T)? rows must be time steps: transpose it)" if series.shape[1] > t else ""
+            _refuse("task.window_len", f"{name} is one series of {t} steps{hint}; split {list(fractions)} "
+                    f"(task.split) it leaves {train_len} training and {test_len} test steps, and both need at least "
+                    f"window_len = {window_len}: use a longer series or a shorter task.window_len")
+        return split_series(series, overlap, fractions, names)
+    n, t, _ = values.shape
+    if t < window_len:
+        _refuse("task.window_len", f"the series in {name} have {t} steps, fewer than window_len = {window_len}")
+    total = float(sum(fractions))
+    n_test = min(max(1, int(round(fractions[2] / total * n))), n - 1)
+    n_valid = min(int(round(fractions[1] / total * n)), n - 1 - n_test)
+    perm = np.random.default_rng(seed).permutation(n)
+    index = {"test": perm[:n_test], "valid": perm[n_test:n_test + n_valid], "train": perm[n_test + n_valid:]}
+    arrays = {k: np.ascontiguousarray(values[np.sort(v)].transpose(0, 2, 1).astype(np.float32))
+              for k, v in index.items()}                                       # (n, C, T)
+    proj = (0, 1) if len(names) > 1 else (0, 0)
+    return SeriesData(arrays["train"], arrays["valid"], arrays["test"], names, proj)
 
 
 class Windows:

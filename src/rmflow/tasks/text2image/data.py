@@ -2,6 +2,9 @@
 
 - Digits: scikit-learn's bundled handwritten digits (1,797 grey 8×8 images, values 0..16), scaled to [-1, 1] and
   optionally upsampled (bilinear) to 16×16; captions from several phrasings of the digit.
+- Folder (a user's own images, `load_image_folder`): every PNG/JPEG under a folder, centre-cropped to a square and
+  resized; class sub-folders give labels and captions ("a photo of a <class>", ...), a captions.txt/captions.csv
+  gives each image its own caption; split per class by a seeded permutation (`split_folder`).
 - Shapes: colour images rendered by this module: one shape (circle, square, triangle) of one colour, one size and
   one position (a quadrant) on a black background, with captions from varied phrasings. A fixed set of
   colour-shape pairs never appears in training (held-out combinations), to measure compositional generalisation.
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ...errors import ConfigError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = ("a handwritten digit {word}", "the number {digit}", "a picture of the numeral {word}",
@@ -156,3 +161,216 @@ def load_shapes_split(num_train: int, num_test: int, image_size: int = 32, seed:
     """(train, test_seen, test_heldout): training combinations for the first two, held-out pairs for the last."""
     return (make_shapes(num_train, image_size, seed), make_shapes(num_test, image_size, seed + 1),
             make_shapes(num_test, image_size, seed + 2, heldout=True))
+
+
+# ------------------------------------------------------------------------------------------------------ folder
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CAPTION_FILES = ("captions.txt", "captions.csv")
+CLASS_TEMPLATES = ("a photo of a {name}", "{name}", "an image of a {name}", "a picture of a {name}")
+MIN_IMAGES = 4                       # in all; with class sub-folders also 2 per class (one to train, one held out)
+_HEADER_WORDS = ("file", "filename", "file_name", "image", "name", "path")
+
+
+def _refuse(key: str, message: str):
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def _listing(names, limit: int = 8) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def class_words(folder_name: str) -> str:
+    """A class sub-folder's name as words: 'red_apple' -> 'red apple'."""
+    return " ".join(folder_name.replace("_", " ").replace("-", " ").split())
+
+
+def class_caption(folder_name: str, template: int) -> str:
+    return CLASS_TEMPLATES[template % len(CLASS_TEMPLATES)].format(name=class_words(folder_name))
+
+
+@dataclass
+class FolderImages:
+    """A folder of images. data.labels: (N, 1) class index when the images sit in class sub-folders, else (N, 0);
+    data.captions: the captions file's caption, else the class name's first phrasing."""
+
+    data: CaptionedImages
+    class_names: tuple               # () when the images are not in class sub-folders
+    captions_file: str               # "" when the captions come from the class names
+    files: list                      # relative paths (posix), aligned with data
+    fingerprint: str                 # hash of the file names, sizes and times and of the captions file
+
+
+def _image_files(root) -> list:
+    """Relative paths of the PNG/JPEG files under root (hidden files and folders skipped), sorted."""
+    from pathlib import Path
+    root = Path(root)
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            out.append(rel.as_posix())
+    return sorted(out)
+
+
+def _read_captions(path, files: list) -> dict:
+    """captions.txt (one line per image: `file<TAB>caption`, or `file caption` split at the first space; lines
+    starting with # skipped) or captions.csv (columns file, caption; an optional header row) -> {file: caption}.
+    File names are paths relative to the folder, or bare names when those are unique."""
+    import csv
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        _refuse("task.path", f"{name} cannot be read as UTF-8 text ({e})")
+    entries = []                                                   # (line, file, caption)
+    if path.suffix.lower() == ".csv":
+        for i, row in enumerate(csv.reader(text.splitlines())):
+            if not any(c.strip() for c in row):
+                continue
+            if not entries and i == 0 and row[0].strip().lower() in _HEADER_WORDS and row[0].strip() not in files:
+                continue                                           # header row
+            if len(row) < 2:
+                _refuse("task.path", f"{name} line {i + 1}: expected `file,caption`, got {row!r}")
+            entries.append((i + 1, row[0].strip(), ",".join(row[1:]).strip()))
+    else:
+        for i, line in enumerate(text.splitlines()):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
+            entries.append((i + 1, parts[0].strip(), parts[1].strip() if len(parts) > 1 else ""))
+    by_name: dict = {}
+    for f in files:
+        by_name.setdefault(f.rsplit("/", 1)[-1], []).append(f)
+    out, unknown = {}, []
+    for line, key, caption in entries:
+        if not caption:
+            _refuse("task.path", f"{name} line {line}: no caption for {key!r}")
+        target = key if key in files else (by_name[key][0] if len(by_name.get(key, ())) == 1 else None)
+        if target is None:
+            unknown.append(key)
+            continue
+        if target in out:
+            _refuse("task.path", f"{name} line {line}: a second caption for {target!r}")
+        out[target] = caption
+    if unknown:
+        _refuse("task.path", f"{name} names {len(unknown)} files that are not images of the folder (or whose bare "
+                f"name is ambiguous: write the path relative to the folder): {_listing(unknown)}")
+    missing = [f for f in files if f not in out]
+    if missing:
+        _refuse("task.path", f"{len(missing)} images have no caption in {name}: {_listing(missing)}; add a line "
+                "for each, or remove the files")
+    return out
+
+
+def _load_image(path, image_size: int) -> np.ndarray:
+    """(image_size, image_size, 3) uint8: transparency composited on black, centre-cropped to a square, resized."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16-bit or float grey: to 8 bits
+            a = np.asarray(im, dtype=np.float64)
+            a = a * 255.0 if im.mode == "F" and a.max() <= 1.0 else (a / 257.0 if a.max() > 255 else a)
+            im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
+        im = im.convert("RGB")
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+        resample = getattr(Image, "Resampling", Image).LANCZOS
+        im = im.resize((image_size, image_size), resample)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def load_image_folder(path, image_size: int, channels: int = 0) -> FolderImages:
+    """Every PNG/JPEG under `path` as (N, C, H, W) in [-1, 1], C = 1 (grey) or 3 (RGB); channels 0 = 1 when every
+    image is grey, else 3. Class sub-folders give labels (and captions from CLASS_TEMPLATES unless a captions file
+    exists): when every image lies in a sub-folder, the first-level sub-folder is its class (deeper folders belong to
+    it). A captions.txt / captions.csv in the folder gives each image its own caption. Hidden files are skipped."""
+    import hashlib
+    import json
+    from pathlib import Path
+    root = Path(path).expanduser()
+    if not str(path):
+        _refuse("task.path", "dataset 'folder' needs the path of a folder of PNG/JPEG images")
+    if not root.exists():
+        _refuse("task.path", f"no such folder: {str(root)!r}")
+    if not root.is_dir():
+        _refuse("task.path", f"{str(root)!r} is not a folder")
+    files = _image_files(root)
+    if not files:
+        _refuse("task.path", f"no PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
+    present = [n for n in CAPTION_FILES if (root / n).is_file()]
+    if len(present) > 1:
+        _refuse("task.path", f"{str(root)!r} holds both {present[0]} and {present[1]}; keep one")
+    captions_file = present[0] if present else ""
+    nested = all("/" in f for f in files)
+    class_names = tuple(sorted({f.split("/", 1)[0] for f in files})) if nested else ()
+    if not captions_file and not nested:
+        top = [f for f in files if "/" not in f]
+        _refuse("task.path", f"{len(top)} images lie directly in {str(root)!r} ({_listing(top, 3)}): put the images "
+                f"in one sub-folder per class, or add a {CAPTION_FILES[0]} / {CAPTION_FILES[1]} with a caption per "
+                "image")
+    if len(files) < MIN_IMAGES:
+        _refuse("task.path", f"only {len(files)} images under {str(root)!r}; at least {MIN_IMAGES} are needed "
+                "(some are held out for evaluation)")
+    if class_names:
+        counts = {c: sum(f.startswith(c + "/") for f in files) for c in class_names}
+        small = [f"{c} ({n})" for c, n in counts.items() if n < 2]
+        if small:
+            _refuse("task.path", f"every class sub-folder needs at least 2 images (one to train, one held out); "
+                    f"too few in: {_listing(small)}")
+    captions = _read_captions(root / captions_file, files) if captions_file else {}
+    images, failed = [], []
+    for f in files:
+        try:
+            images.append(_load_image(root / f, image_size))
+        except Exception as e:   # noqa: BLE001 - PIL raises many kinds for a broken file
+            failed.append(f"{f} ({type(e).__name__}: {str(e)[:80]})")
+    if failed:
+        _refuse("task.path", f"{len(failed)} files under {str(root)!r} cannot be read as images: "
+                f"{_listing(failed, 5)}; fix or remove them")
+    rgb = np.stack(images)                                          # (N, H, W, 3) uint8
+    grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    c = channels or (1 if grey else 3)
+    x = rgb.astype(np.float32)
+    if c == 1:
+        x = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R 601 luma, as Pillow's "L"
+        x = x[..., None]
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))) / 127.5 - 1.0
+    if class_names:
+        labels = torch.tensor([class_names.index(f.split("/", 1)[0]) for f in files], dtype=torch.long)[:, None]
+    else:
+        labels = torch.zeros(len(files), 0, dtype=torch.long)
+    texts = ([captions[f] for f in files] if captions_file
+             else [class_caption(class_names[int(k)], 0) for k in labels[:, 0]])
+    stats = [(f, (root / f).stat().st_size, (root / f).stat().st_mtime_ns) for f in files]
+    extra = hashlib.sha1((root / captions_file).read_bytes()).hexdigest() if captions_file else ""
+    fingerprint = hashlib.sha1(json.dumps([str(root.resolve()), stats, extra]).encode()).hexdigest()[:16]
+    data = CaptionedImages(x.clamp(-1, 1), labels, texts, torch.zeros(len(files), dtype=torch.bool))
+    return FolderImages(data, class_names, captions_file, files, fingerprint)
+
+
+def split_folder(folder: FolderImages, test_fraction: float = 0.2, seed: int = 0
+                 ) -> tuple[CaptionedImages, CaptionedImages]:
+    """(train, test) by a seeded permutation: per class when there are classes (every class keeps at least one image
+    on each side), else over all images (at least one on each side)."""
+    rng = np.random.default_rng(seed)
+    data = folder.data
+    groups = ([np.flatnonzero(data.labels[:, 0].numpy() == k) for k in range(len(folder.class_names))]
+              if folder.class_names else [np.arange(len(data))])
+    train, test = [], []
+    for g in groups:
+        g = rng.permutation(g)
+        n_test = min(max(1, int(round(test_fraction * len(g)))), len(g) - 1)
+        test += g[:n_test].tolist()
+        train += g[n_test:].tolist()
+    return data.subset(sorted(train)), data.subset(sorted(test))

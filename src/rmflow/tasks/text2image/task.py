@@ -1,4 +1,13 @@
-"""The text2image Task: data in pixel or latent space, caption embeddings as conditions, classifier metrics."""
+"""The text2image Task: data in pixel or latent space, caption embeddings as conditions, classifier metrics.
+
+Folder data (dataset "folder"): the caption table has one row per class (its CLASS_TEMPLATES phrasings) or, with a
+captions file, one row per distinct caption. Metrics: the classifier's (cfd, acc, diversity, the classifier trained on
+the training images and their class sub-folders) only with at least 2 classes; without classes (captions only, or
+a single sub-folder) they are unavailable and left out of the results. Always, for folder data, two label-free
+metrics: `pixel_fd`, the Fréchet distance between Gaussians fitted to the images average-pooled to at most 8×8
+(real: the reference's test images), and `pixel_diversity`, the mean pairwise L2 distance between generated images ÷
+the same for the reference's real images (1 = as varied as the data).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +29,32 @@ from .text import EMBED_DIM, shared_encoder
 # metric -> (column title, format) for result tables (experiment-style runners read this)
 METRIC_FORMAT = {"cfd": ("classifier Fréchet dist.", ".2f"), "acc": ("prompt acc.", ".3f"),
                  "acc_heldout": ("held-out acc.", ".3f"), "diversity": ("diversity (÷ data)", ".3f")}
+PIXEL_FORMAT = {"pixel_fd": ("pixel Fréchet dist. (≤8×8)", ".3f"),
+                "pixel_diversity": ("pixel diversity (÷ data)", ".3f")}
+
+
+@torch.no_grad()
+def pixel_frechet_distance(real: torch.Tensor, fake: torch.Tensor, side: int = 8) -> float:
+    """‖μ_r − μ_f‖² + tr(Σ_r + Σ_f − 2 (Σ_r^½ Σ_f Σ_r^½)^½) of the images (N, C, H, W), average-pooled to at
+    most side × side pixels."""
+    def feats(x):
+        s = min(side, x.shape[-1])
+        return torch.nn.functional.adaptive_avg_pool2d(x.double(), s).flatten(1)
+
+    a, b = feats(real), feats(fake)
+    mu = (a.mean(0) - b.mean(0)).pow(2).sum()
+    ca, cb = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    ea, va = torch.linalg.eigh(ca)
+    root = (va * ea.clamp_min(0).sqrt()) @ va.T                    # Σ_r^½
+    cross = torch.linalg.eigvalsh(root @ cb @ root).clamp_min(0).sqrt().sum()
+    return max(0.0, float(mu + torch.trace(ca) + torch.trace(cb) - 2 * cross))   # >= 0 up to rounding
+
+
+@torch.no_grad()
+def mean_pairwise_distance(x: torch.Tensor, limit: int = 1000) -> float:
+    x = x[:limit].flatten(1).double()
+    n = len(x)
+    return float(torch.cdist(x, x).sum() / (n * (n - 1))) if n > 1 else float("nan")
 
 
 def _digest(obj) -> str:
@@ -47,6 +82,12 @@ class Text2ImageTask(Task):
     # -------------------------------------------------------------------------------------------- data
     def _load_data(self) -> None:
         t = self.cfg.task
+        self.folder = None
+        self.classifier_metrics = True     # the classifier's metrics need class labels
+        self.metric_format = METRIC_FORMAT
+        if t.dataset == "folder":
+            self._load_folder()
+            return
         if t.dataset == "digits":
             self.train, self.test = D.load_digits_split(t.image_size, seed=t.data_seed)
             self.attribute_names = ("digit",)
@@ -63,6 +104,31 @@ class Text2ImageTask(Task):
                                     for c in D.all_combinations()]
         self.train_combo = self.combo_id(self.train.labels)
         self.test_combo = self.combo_id(self.test.labels)
+        self.test_group = self.test_combo
+
+    def _load_folder(self) -> None:
+        """Own images: caption rows per class (templates) or per distinct caption (captions file)."""
+        t = self.cfg.task
+        self.folder = D.load_image_folder(t.path, t.image_size, t.channels)
+        self.train, self.test = D.split_folder(self.folder, t.test_fraction, t.data_seed)
+        classes = self.folder.class_names
+        self.attribute_names = ("class",) if classes else ()
+        self.num_classes = (len(classes),) if classes else ()
+        self.classifier_metrics = len(classes) >= 2
+        classifier = {k: v for k, v in METRIC_FORMAT.items() if k != "acc_heldout"} if self.classifier_metrics else {}
+        self.metric_format = {**classifier, **PIXEL_FORMAT}     # no held-out combinations in a folder
+        if self.folder.captions_file:
+            unique = sorted(set(self.folder.data.captions))
+            row = {c: i for i, c in enumerate(unique)}
+            self.caption_strings = [[c] for c in unique]
+            self.train_combo = torch.tensor([row[c] for c in self.train.captions], dtype=torch.long)
+            self.test_combo = torch.tensor([row[c] for c in self.test.captions], dtype=torch.long)
+        else:
+            self.caption_strings = [[D.class_caption(c, k) for k in range(len(D.CLASS_TEMPLATES))] for c in classes]
+            self.train_combo = self.combo_id(self.train.labels)
+            self.test_combo = self.combo_id(self.test.labels)
+        # the data baseline's "same condition": the class when there are classes, else the caption
+        self.test_group = self.combo_id(self.test.labels) if classes else self.test_combo
 
     def combo_id(self, labels: torch.Tensor) -> torch.Tensor:
         """(N, A) labels -> (N,) row of the caption table (mixed-radix index of the attribute values)."""
@@ -97,7 +163,10 @@ class Text2ImageTask(Task):
 
     def _data_key(self) -> dict:
         t = self.cfg.task
-        return {"dataset": t.dataset, "image_size": t.image_size, "num_train": t.num_train, "seed": t.data_seed}
+        key = {"dataset": t.dataset, "image_size": t.image_size, "num_train": t.num_train, "seed": t.data_seed}
+        if self.folder is not None:
+            key.update(files=self.folder.fingerprint, channels=self.image_shape[0], test_fraction=t.test_fraction)
+        return key
 
     def _autoencoder(self) -> ConvAutoencoder:
         t = self.cfg.task
@@ -149,13 +218,14 @@ class Text2ImageTask(Task):
 
     def data_baseline(self, reference: Batch, seed: int) -> torch.Tensor:
         """For every reference entry, another test image (data space) with the same labels: what the metrics
-        read for real data answering the same prompts (a different image wherever the class has more than one)."""
+        read for real data answering the same prompts (a different image wherever the class has more than one).
+        Folder data without classes: the same caption (often the reference's own image)."""
         gen = torch.Generator().manual_seed(seed)
         idx = reference.cond["index"]
         out = idx.clone()
-        combos = self.test_combo[idx]
+        combos = self.test_group[idx]
         for c in combos.unique():
-            pool = torch.nonzero(self.test_combo == c).flatten()
+            pool = torch.nonzero(self.test_group == c).flatten()
             where = torch.nonzero(combos == c).flatten()
             pick = pool[torch.randint(0, len(pool), (len(where),), generator=gen)]
             if len(pool) > 1:   # never the reference's own image
@@ -177,7 +247,7 @@ class Text2ImageTask(Task):
         held-out pairs included: it is the judge, not the generator."""
         if self._classifier is None:
             t = self.cfg.task
-            if t.dataset == "digits":
+            if t.dataset in ("digits", "folder"):
                 images, labels = self.train.images, self.train.labels
             else:
                 judge = D.make_shapes(t.num_train, t.image_size, seed=t.data_seed + 100, heldout=False)
@@ -196,6 +266,16 @@ class Text2ImageTask(Task):
         cond = reference.cond
         fake = self.to_images(samples)
         real = self.test.images[cond["index"]]
+        out = {}
+        if self.folder is not None:
+            spread_real = mean_pairwise_distance(real)
+            out["pixel_fd"] = pixel_frechet_distance(real, fake)
+            out["pixel_diversity"] = mean_pairwise_distance(fake) / spread_real if spread_real > 0 else float("nan")
+        if not self.classifier_metrics:
+            return out
+        return {**self._classifier_metrics(fake, real, cond), **out}
+
+    def _classifier_metrics(self, fake: torch.Tensor, real: torch.Tensor, cond: dict) -> dict[str, float]:
         clf = self.classifier
         out = {"cfd": classifier_frechet_distance(clf, real, fake)}
         pred = clf.predict(fake)
@@ -208,8 +288,10 @@ class Text2ImageTask(Task):
         if held.any():
             out["acc_heldout"] = prompt_accuracy(pred[held], cond["label"][held])["all"]
             out["acc_seen"] = prompt_accuracy(pred[~held], cond["label"][~held])["all"]
-        spread_fake = per_prompt_spread(clf.features(fake), cond["prompt"])
-        spread_real = per_prompt_spread(clf.features(real), cond["prompt"])
+        # folder data: spread within a class (its captions may each name a single image)
+        groups = cond["prompt"] if self.folder is None else self.combo_id(cond["label"])
+        spread_fake = per_prompt_spread(clf.features(fake), groups)
+        spread_real = per_prompt_spread(clf.features(real), groups)
         out["diversity"] = spread_fake / spread_real if spread_real > 0 else float("nan")
         return out
 
