@@ -196,21 +196,19 @@ def _sample(args) -> None:
     import numpy as np
 
     from .config import ConfigError
-    from .evaluate import draw_samples
     _check_samplers([args.sampler])
     out = Path(args.out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {args.out}: the folder {out.parent} does not exist")
-    model, task, cfg = _load_run(args.run_dir)
-    reference = task.reference(args.num_samples, seed=10_000 + args.seed)
-    x, nfe, _ = draw_samples(model, reference, args.sampler, args.seed, cfg.eval.batch_size)
+    from .pipeline import load
+    x = load(args.run_dir).sample(args.num_samples, args.sampler, args.seed)   # in the data's own units
     tmp = out.with_name(out.name + ".tmp.npy")
     try:
         np.save(tmp, x.cpu().numpy())
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {len(x)} samples ({nfe} NFE each) to {args.out}")
+    print(f"wrote {len(x)} samples ({args.sampler}) to {args.out}")
 
 
 def _export(args) -> None:

@@ -192,7 +192,8 @@ def _data_row(task, cfg, reference, seed: int, cache_path: Path) -> dict:
     data_x = (baseline(reference, 20_000 + seed) if baseline is not None
               else task.reference(cfg.eval.num_samples, seed=20_000 + seed).x)
     row = {"method": "data", "sampler": "data", "nfe": 0,
-           "label": "data (same conditions)" if baseline is not None else "data (second draw)",
+           "label": getattr(task, "data_label", None) or ("data (same conditions)" if baseline is not None
+                                                          else "data (second draw)"),
            "seed": seed, **task.evaluate(data_x, reference)}
     _write_cache(cache_path, key, row)
     return row

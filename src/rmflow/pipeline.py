@@ -30,7 +30,8 @@ class Pipeline:
 
     def sample(self, n: int, sampler: str = "rmflow", seed: int = 0, cond=None, mask=None,
                batch_size: int | None = None) -> torch.Tensor:
-        """n samples (n, *D). sampler: rmflow | meanflow@K | fm@K | fm_heun@K. Unconditional tasks ignore cond; a
+        """n samples (n, *D) in the data's own units (a task that trains in standardised units maps them back:
+        `to_data_units`). sampler: rmflow | meanflow@K | fm@K | fm_heun@K. Unconditional tasks ignore cond; a
         conditional task samples for `cond` (n rows) or, without it, for the conditions of n held-out rows."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -39,7 +40,9 @@ class Pipeline:
         if cond is not None or mask is not None:
             reference = Batch(reference.x, cond if cond is not None else reference.cond,
                               mask if mask is not None else reference.mask)
-        return draw_samples(self.model, reference, sampler, seed, batch_size or self.cfg.eval.batch_size)[0]
+        x = draw_samples(self.model, reference, sampler, seed, batch_size or self.cfg.eval.batch_size)[0]
+        to_data = getattr(self.task, "to_data_units", None)
+        return to_data(x, self.model) if to_data is not None else x
 
     def export(self, directory: str | Path) -> Path:
         """Write config.yaml and model.safetensors (the weights this pipeline samples with) into `directory`."""

@@ -77,13 +77,12 @@ def sliced_w2(x: torch.Tensor, y: torch.Tensor, num_projections: int = 128, seed
 # ----------------------------------------------------------------------------------- kernel sums over all pairs
 def pair_sum(a: torch.Tensor, b: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
              same: bool = False) -> float:
-    """Σ_{i,j} f(‖a_i − b_j‖²) for a (N, D), b (M, D), chunked over the rows of a; same=True (a is b) leaves out
+    """Σ_{i,j} f(‖a_i − b_j‖) for a (N, D), b (M, D), chunked over the rows of a; same=True (a is b) leaves out
     the pairs i = j. float64."""
     a, b = _f64(a), _f64(b)
     total, step = 0.0, _rows_per_chunk(len(b))
     for start in range(0, len(a), step):
-        d2 = torch.cdist(a[start:start + step], b).pow(2)
-        v = f(d2)
+        v = f(torch.cdist(a[start:start + step], b))
         if same:
             rows = torch.arange(len(v))
             v[rows, rows + start] = 0.0
@@ -93,9 +92,11 @@ def pair_sum(a: torch.Tensor, b: torch.Tensor, f: Callable[[torch.Tensor], torch
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Unbiased energy distance 2·mean‖x_i − y_j‖ − mean_{i≠i'}‖x_i − x_i'‖ − mean_{j≠j'}‖y_j − y_j'‖ between
-    x (N, D) and y (M, D), N, M ≥ 2."""
+    x (N, D) and y (M, D); nan unless N, M ≥ 2."""
     n, m = len(x), len(y)
-    dist = lambda d2: d2.clamp_min(0).sqrt()   # noqa: E731
+    if min(n, m) < 2:
+        return math.nan
+    dist = lambda d: d   # noqa: E731
     exy = pair_sum(x, y, dist) / (n * m)
     exx = pair_sum(x, x, dist, same=True) / (n * (n - 1))
     eyy = pair_sum(y, y, dist, same=True) / (m * (m - 1))
@@ -107,16 +108,19 @@ def median_bandwidth(y: torch.Tensor, max_points: int = 2000) -> float:
     y = _f64(y)[:max_points]
     d = torch.cdist(y, y)
     iu = torch.triu_indices(len(y), len(y), offset=1)
-    h = float(d[iu[0], iu[1]].median()) if len(y) > 1 else 0.0
+    h = float(torch.quantile(d[iu[0], iu[1]], 0.5)) if len(y) > 1 else 0.0
     return h if h > 0 else 1.0
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
     """Unbiased MMD² between x (N, D) and y (M, D) with k(a, b) = exp(−‖a − b‖²/(2h²)), h = bandwidth or
-    median_bandwidth(y):  Σ_{i≠i'} k(x_i, x_i')/(N(N−1)) + Σ_{j≠j'} k(y_j, y_j')/(M(M−1)) − 2 Σ k(x_i, y_j)/(NM)."""
-    h = bandwidth if bandwidth is not None else median_bandwidth(y)
-    k = lambda d2: torch.exp(-d2 / (2 * h * h))   # noqa: E731
+    median_bandwidth(y):  Σ_{i≠i'} k(x_i, x_i')/(N(N−1)) + Σ_{j≠j'} k(y_j, y_j')/(M(M−1)) − 2 Σ k(x_i, y_j)/(NM);
+    nan unless N, M ≥ 2."""
     n, m = len(x), len(y)
+    if min(n, m) < 2:
+        return math.nan
+    h = bandwidth if bandwidth is not None else median_bandwidth(y)
+    k = lambda d: d.square_().mul_(-1 / (2 * h * h)).exp_()   # noqa: E731
     return (pair_sum(x, x, k, same=True) / (n * (n - 1)) + pair_sum(y, y, k, same=True) / (m * (m - 1))
             - 2 * pair_sum(x, y, k) / (n * m))
 

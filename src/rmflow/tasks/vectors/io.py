@@ -66,7 +66,7 @@ def load_table(path: str, fmt: str = "auto", columns=(), key: str = "", max_rows
         return _parquet(p, list(columns), max_rows)
     if fmt == "npy":
         try:
-            arr = np.load(p, allow_pickle=False)
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)   # mapped: max_rows reads only those rows
         except Exception as e:   # noqa: BLE001 — any failure of the reader is a bad file
             raise fail("task.path", f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
         if not isinstance(arr, np.ndarray):
@@ -146,10 +146,12 @@ def _number(cell: str) -> float | None:
 
 
 def _delimited(p: Path, delimiter: str, columns: list, max_rows: int) -> Table:
-    rows, header, width = [], None, None
+    rows, lines, header, width = [], [], None, None
+    kind = "csv" if delimiter == "," else "tsv"
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            for line in csv.reader(f, delimiter=delimiter):
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+            for line in reader:
                 if not line or all(not c.strip() for c in line):
                     continue
                 if width is None:
@@ -158,16 +160,16 @@ def _delimited(p: Path, delimiter: str, columns: list, max_rows: int) -> Table:
                         header = [c.strip() for c in line]
                         continue
                 if len(line) != width:
-                    raise fail("task.path", f"{p}: row {len(rows) + 1 + (header is not None)} has {len(line)} "
-                               f"fields, the first row has {width} (is task.format right? a {'comma' if delimiter == ',' else 'tab'}"
-                               "-separated file was expected)")
+                    raise fail("task.path", f"{p}: line {reader.line_num} has {len(line)} fields, the first row has "
+                               f"{width} (is task.format right? {kind} was expected)")
                 rows.append(line)
+                lines.append(reader.line_num)
                 if max_rows and len(rows) >= max_rows:
                     break
     except UnicodeDecodeError:
         raise fail("task.path", f"{p}: not a UTF-8 text file (is task.format right?)") from None
     except csv.Error as e:
-        raise fail("task.path", f"{p}: not a readable {'csv' if delimiter == ',' else 'tsv'} file ({e})") from None
+        raise fail("task.path", f"{p}: not a readable {kind} file ({e})") from None
     if not rows:
         raise fail("task.path", f"{p}: no data rows")
     names = header or [str(j) for j in range(width)]
@@ -180,7 +182,7 @@ def _delimited(p: Path, delimiter: str, columns: list, max_rows: int) -> Table:
             kept.append(names[j])
             continue
         row, cell = first
-        line = f"{names[j]!r} (row {row}: {cell!r}; {n_text} of {len(rows)} values are not numbers)"
+        line = f"{names[j]!r} (line {lines[row]}: {cell!r}; {n_text} of {len(rows)} values are not numbers)"
         (mixed if n_numbers else text).append(line)
     if columns and (text or mixed):
         raise fail("task.columns", f"{p}: non-numeric column(s) {'; '.join(text + mixed)}")
@@ -196,13 +198,13 @@ def _delimited(p: Path, delimiter: str, columns: list, max_rows: int) -> Table:
 
 def _column(rows: list[list[str]], j: int):
     """Column j as (float64 values (N,) with NaN for missing and text cells, number of text cells, number of
-    numeric (non-missing) cells, (data row, cell) of the first text cell or None); data rows count from 1."""
+    numeric (non-missing) cells, (index into rows, cell) of the first text cell or None)."""
     out, n_text, n_numbers, first = np.empty(len(rows)), 0, 0, None
     for i, r in enumerate(rows):
         v = _number(r[j])
         if v is None:
             n_text += 1
-            first = first or (i + 1, r[j])
+            first = first or (i, r[j])
             v = float("nan")
         elif v == v:
             n_numbers += 1

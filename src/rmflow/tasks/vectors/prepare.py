@@ -63,8 +63,8 @@ def column_stats(train: np.ndarray, names: list[str], standardize: bool) -> tupl
     mean, std = train.mean(axis=0), train.std(axis=0)
     flat = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
     if flat.any():
-        warnings.warn(f"constant column(s) in the training split: {', '.join(map(repr, np.array(names)[flat]))}; "
-                      "their std is taken as 1", stacklevel=3)
+        which = ", ".join(repr(names[j]) for j in np.flatnonzero(flat))
+        warnings.warn(f"constant column(s) in the training split: {which}; their std is taken as 1", stacklevel=3)
         std = np.where(flat, 1.0, std)
     return mean, std
 
