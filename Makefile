@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RMFLOW := $(VENV)/bin/rmflow
-EXTRAS ?= test,qm9,dynamics,text2image
+EXTRAS ?= test,qm9,dynamics,text2image,vectors
 
 .PHONY: setup test demo bench clean
 
