@@ -210,6 +210,18 @@ def _importance_proposal(model, proposal, y, s, mean0, std0, tau, widen, newton,
 
 
 @torch.no_grad()
+def _channel_log_likelihood(model, y, x0, s, dof, mixture: bool, cond=None, mask=None) -> torch.Tensor:
+    """log p_θ(y | x0) (B,) of the refinement channel: N(y; f_θ(x0), s²I), or with the mixture refiner
+    Σ_k π_k N(y; f_θ(x0) + δ_k, s²I); f_θ(x0) = x0 + u_θ(x0, 0, 1). y, x0: (B, *D); s, dof: (B,)."""
+    x_hat = x0 + model(x0, _full(y, 0.0), _full(y, 1.0), cond, mask)
+    if not mixture:
+        return _gauss_logpdf(y, x_hat, s, dof, model.space, mask)
+    means, log_pi = model.refiner.mixture_params(x0, x_hat)                   # (B, K, D), (B, K)
+    sq = (y.unsqueeze(1) - means).pow(2).sum(-1)                              # (B, K)
+    return torch.logsumexp(log_pi - sq / (2 * s[:, None] ** 2), dim=1) - dof * (
+        torch.log(s) + 0.5 * math.log(2 * math.pi))
+
+
 def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch: int = 65536,
                             generator: torch.Generator | None = None, cond=None, mask=None,
                             proposal: str = "prior", tau: float | None = None, alpha: float = 0.9,
@@ -320,15 +332,7 @@ def one_step_log_likelihood(model, y: torch.Tensor, num_draws: int = 1024, batch
                 log_q = log_near if alpha == 1 else torch.logaddexp(
                     math.log(alpha) + log_near, math.log1p(-alpha) + log_p0)
                 log_w = log_p0 - log_q
-            x_hat = x0 + model(x0, _full(yr, 0.0), _full(yr, 1.0), cr, mr)
-            s_r = s[rep]
-            if mixture:
-                means, log_pi = model.refiner.mixture_params(x0, x_hat)           # (B, K, D), (B, K)
-                sq = (yr.unsqueeze(1) - means).pow(2).sum(-1)                    # (B, K)
-                log_lik = torch.logsumexp(log_pi - sq / (2 * s_r[:, None] ** 2), dim=1) - dof * (
-                    torch.log(s_r) + 0.5 * math.log(2 * math.pi))
-            else:
-                log_lik = _gauss_logpdf(yr, x_hat, s_r, dof, space, mr)
+            log_lik = _channel_log_likelihood(model, yr, x0, s[rep], dof, mixture, cr, mr)
             terms = (log_w + log_lik).double().view(n, m)
             lse_w = torch.logaddexp(lse_w, torch.logsumexp(terms, dim=1))
             lse_w2 = torch.logaddexp(lse_w2, torch.logsumexp(2 * terms, dim=1))
