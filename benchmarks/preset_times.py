@@ -12,6 +12,9 @@ stage; no run dir, nothing written). A few training steps are timed in each stag
   (stage boundary: frozen teacher copy, LoRA injection, teacher bank/filter/stored errors) is timed on its own as
   a one-off cost, then warm-up and the median of `--steps` steps as above.
 
+Times are CPU time of this process (`time.process_time`; with one compute thread that is the time the steps take
+on an otherwise idle core, however loaded the machine is); `--clock wall` uses wall time instead.
+
 A method with `from:` trains only from its source's final step to its own `train.steps`, as `rmflow compare`
 does. The estimate of a preset is
 
@@ -27,10 +30,16 @@ GPU-sized: they are measured on the CPU with `train.device=cpu` at batch `--gpu-
 with one timed step after the first (`--gpu-steps`), and the step time is scaled linearly to the preset's batch;
 their estimate is an order of magnitude for one CPU thread, meant to say "use a GPU".
 
-Run it niced, one measurement at a time (shared machine):
+Presets that read the user's own data (a relative `task.path`: vectors-example, series-file, images-folder) read
+it from the folder the script is started in (linked into the temporary folder): make the example files there
+first, as the preset's header says, or the preset is reported as "not measured".
 
-    nice -n 10 .venv/bin/python benchmarks/preset_times.py [PRESET ...] [--steps 4] [--warmup 1] \\
-        [--json /tmp/preset_times.json]
+Run it niced, one measurement at a time (shared machine), from a folder holding those example files:
+
+    nice -n 10 /work/main/.venv/bin/python /work/main/benchmarks/preset_times.py [PRESET ...] --steps 5 \\
+        [--warmup 1] [--json /tmp/preset_times.jsonl]
+
+(all 30 presets: about 50 minutes on this machine, 17 of them training the shapes autoencoder on a cold cache).
 
 It prints one Markdown table per preset and, per preset, a suggested `# cpu-time:` header line.
 """
@@ -50,6 +59,9 @@ import traceback
 from pathlib import Path
 
 OVERRIDES = ["train.num_threads=1", "train.progress=false"]
+# CPU time of this process (one compute thread): unlike wall time it does not grow when other processes share the
+# cores; `--clock wall` measures wall time instead
+CLOCK = time.process_time
 # keys that do not change what one training step computes in stage 1 (λ1·L_NLL is off before nll_start_step and
 # the LoRA adapters are injected at it) or in either stage (budget, logging, evaluation, names)
 STAGE1_IGNORED = ("name", "seed", "seeds", "out_dir", "eval", "compare", "rmflow", "model.lora", "train.steps",
@@ -80,27 +92,44 @@ def stage_key(cfg, ignored) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+def _sig2(x: float) -> str:
+    """x rounded to two significant digits, with thousands separators."""
+    from math import floor, log10
+    return f"{round(x, -int(floor(log10(abs(x)))) + 1):,.0f}" if x >= 100 else f"{x:.0f}"
+
+
 def fmt_s(s: float) -> str:
     """Seconds as a short human duration."""
     if s < 90:
         return f"{s:.0f} s"
     if s < 90 * 60:
         return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        h = s / 3600
-        return f"{h:.1f} h" if h < 10 else f"{h:.0f} h"
-    return f"{s / 3600:,.0f} h (~{s / 86400:,.0f} days)"
+    h = s / 3600
+    if h < 10:
+        return f"{h:.1f} h"
+    if h < 48:
+        return f"{h:.0f} h"
+    days = h / 24
+    return f"{_sig2(h)} h (~{days / 365:.0f} years)" if days >= 730 else f"{_sig2(h)} h (~{days:.0f} days)"
 
 
-def fmt_ms(s: float) -> str:
+def fmt_ms(s: float, unit: bool = True) -> str:
+    """A step time: ms below a second, else seconds."""
+    if s >= 1:
+        v = f"{s:.0f}" if s >= 10 else f"{s:.1f}"
+        return v + (" s" if unit else "")
     ms = 1e3 * s
-    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+    return (f"{ms:.0f}" if ms >= 10 else f"{ms:.1f}") + (" ms" if unit else "")
 
 
 @contextlib.contextmanager
-def cold_cache_dir(tmp: Path):
-    """Run with RMFLOW_CACHE and the working directory (text2image's runs/_cache) inside `tmp`."""
+def cold_cache_dir(tmp: Path, data_path: str = ""):
+    """Run with RMFLOW_CACHE and the working directory (text2image's runs/_cache) inside `tmp`; a relative
+    `data_path` (a preset's task.path: the user's file or folder) is linked there from the starting folder."""
     old_env, old_cwd = os.environ.get("RMFLOW_CACHE"), os.getcwd()
+    if data_path and not Path(data_path).is_absolute() and Path(data_path).exists():
+        (tmp / data_path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / data_path).symlink_to(Path(data_path).resolve())
     os.environ["RMFLOW_CACHE"] = str(tmp / "cache")
     os.chdir(tmp)
     try:
@@ -127,9 +156,9 @@ class Timer:
         from rmflow.train import build_task
         key = json.dumps(to_dict(cfg.task), sort_keys=True, default=str)
         if key not in self.tasks:
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             task = build_task(cfg)
-            self.tasks[key] = (task, time.perf_counter() - t0)
+            self.tasks[key] = (task, CLOCK() - t0)
             self.log(f"    task {cfg.task.name} built in {self.tasks[key][1]:.1f} s")
         task, secs = self.tasks[key]
         task.cfg = cfg
@@ -137,16 +166,16 @@ class Timer:
 
     def _steps(self, trainer, n_timed: int) -> tuple[float, float]:
         """(first step seconds, median of n_timed steps after the warm-up)."""
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         trainer.train_step()
-        first = time.perf_counter() - t0
+        first = CLOCK() - t0
         for _ in range(self.warmup if n_timed > 1 else 0):
             trainer.train_step()
         times = []
         for _ in range(n_timed):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             trainer.train_step()
-            times.append(time.perf_counter() - t0)
+            times.append(CLOCK() - t0)
         return first, statistics.median(times)
 
     def measure(self, cfg, need1: bool, need2: bool, n_timed: int) -> dict:
@@ -158,9 +187,9 @@ class Timer:
         construct = None
         if want1 or want2:
             task, _, _ = self.task_for(cfg)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             trainer = trainer_class(cfg)(cfg, None, task=task)
-            construct = time.perf_counter() - t0
+            construct = CLOCK() - t0
             if want1:
                 first, med = self._steps(trainer, n_timed)
                 self.stage1[k1] = {"step_s": med, "first_extra_s": max(first - med, 0.0), "construct_s": construct}
@@ -213,7 +242,7 @@ def measure_preset(name: str, args, log=print) -> dict:
         out.update(gpu_sized=gpu_sized, device=root0.train.device, seeds=list(root0.seeds))
         timer = Timer(n_timed, args.warmup, log)
         t_start = time.perf_counter()
-        with cold_cache_dir(tmp):
+        with cold_cache_dir(tmp, str(getattr(root0.task, "path", "") or "")):
             try:
                 plan, root = method_plan(base, overrides)
                 rows = []
@@ -272,8 +301,12 @@ def measure_preset(name: str, args, log=print) -> dict:
 
 
 def _span(xs: list[float]) -> str:
+    """'23 ms' or '23–53 ms' (the unit once where both ends share it)."""
     lo, hi = min(xs), max(xs)
-    return fmt_ms(lo) if hi < 1.15 * lo else f"{fmt_ms(lo)}–{fmt_ms(hi)}"
+    if hi < 1.15 * lo:
+        return fmt_ms(lo)
+    same = (lo >= 1) == (hi >= 1)
+    return f"{fmt_ms(lo, unit=not same)}–{fmt_ms(hi)}"
 
 
 def cpu_time_line(r: dict, args) -> str:
@@ -289,15 +322,17 @@ def cpu_time_line(r: dict, args) -> str:
     if s2:
         steps.append(f"{_span(s2)}/step in the likelihood stage")
     n = r["n_seeds"]
-    what = f"{n} seed{'s' if n > 1 else ''} × {r['methods']} methods; {', '.join(steps)}"
+    what = f"{n} seed{'s' if n > 1 else ''} × {r['methods']} methods at {', '.join(steps)}"
     if r["gpu_sized"]:
-        what += f" at batch {args.gpu_batch} scaled to the preset's"
+        what += f", measured at batch {args.gpu_batch} and scaled"
     if r["task_build_s"] >= 30:
         what += f"; incl. {fmt_s(r['task_build_s'])} building the task on a cold cache"
-    train = f"; `rmflow train`: ~{fmt_s(r['train_top_s'])}" if r.get("train_top_s") else ""
+    elif r["one_off_s"] - r["task_build_s"] >= 0.1 * r["total_s"]:
+        what += f"; incl. {fmt_s(r['one_off_s'] - r['task_build_s'])} building teacher banks"
+    train = f"; `rmflow train` ~{fmt_s(r['train_top_s'])}" if r.get("train_top_s") else ""
     gpu = "; meant for a GPU" if r["gpu_sized"] else ""
-    return (f"# cpu-time: ~{fmt_s(r['total_s'])} for `rmflow compare` on 1 CPU thread ({what}){train}{gpu}; "
-            f"training only, evaluation excluded")
+    return (f"# cpu-time: ~{fmt_s(r['total_s'])} for `rmflow compare` on 1 CPU thread, training only, evaluation "
+            f"excluded ({what}){train}{gpu}")
 
 
 def report(r: dict) -> str:
@@ -326,8 +361,14 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-batch", type=int, default=32, help="batch at which GPU-sized presets are measured")
     p.add_argument("--gpu-steps", type=int, default=1, help="timed steps per stage of GPU-sized presets")
     p.add_argument("--no-train-estimate", action="store_true", help="skip the `rmflow train` estimate")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="process CPU time (default; robust to other load) or wall time")
     p.add_argument("--json", default=None, help="append each preset's result (one JSON object a line)")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    import torch
+    torch.set_num_threads(1)   # as the Trainer does (train.num_threads=1); tasks are built before it here
     from rmflow.config import PRESET_DIR
     names = args.presets or sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
     for name in names:

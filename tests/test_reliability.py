@@ -227,3 +227,14 @@ def test_tensorboard_scalars_next_to_the_jsonl(tmp_path):
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e.step for e in loss] == [r["step"] for r in rows] == [2, 4, 6]
     assert all(abs(e.value - r["loss"]) < 1e-6 for e, r in zip(loss, rows))
+
+
+def test_presets_print_one_sentence_and_a_measured_cpu_time(capsys):
+    from rmflow.config import PRESET_DIR
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert len(lines) == 2 * len(names)
+    for name, first, cpu in zip(names, lines[::2], lines[1::2]):
+        assert first.startswith(name) and first.rstrip().endswith(".")
+        assert "CPU time: ~" in cpu and "not measured" not in cpu
