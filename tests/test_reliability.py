@@ -233,7 +233,7 @@ def test_presets_print_one_sentence_and_a_measured_cpu_time(capsys):
     from rmflow.config import PRESET_DIR
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    names = [p.stem for p in sorted(PRESET_DIR.glob("*.yaml"))]
     assert len(lines) == 2 * len(names)
     for name, first, cpu in zip(names, lines[::2], lines[1::2]):
         assert first.startswith(name) and first.rstrip().endswith(".")

@@ -114,6 +114,9 @@ def _main(argv: list[str] | None) -> int:
     except (CheckpointError, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # output piped into `head`: stop quietly
+        sys.stderr.close()
+        return 141
     except OSError as e:   # a read-only folder, a full disk, ...
         message = e.strerror or str(e)
         if e.filename and str(e.filename) not in message:
