@@ -14,13 +14,7 @@ from rmflow.flow.likelihood import flow_matching_log_likelihood, one_step_log_li
 DIM = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster when other jobs share the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check_against(est, ref, min_ess=20.0, z=5.0):

@@ -21,10 +21,8 @@ standardises every channel with the training split's mean and std like every oth
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -40,7 +38,6 @@ SPLITS = ("train", "valid", "test")
 REAL = ("sunspots",)
 FILE = "file"                       # task.system of a user's own file
 FILE_FORMATS = ("auto", "npy", "csv")
-MISSING = ("", "na", "n/a", "nan", "null", "none", "-")   # CSV cells read as missing values (NaN)
 CACHE_VERSION = 1
 
 
@@ -163,78 +160,13 @@ def _column_index(spec, names: list[str], key: str, named: bool) -> int:
     return i
 
 
-def _parse_cell(cell: str) -> float | None:
-    """float, NaN for a missing cell, None for text."""
-    c = cell.strip()
-    if c.lower() in MISSING:
-        return float("nan")
-    try:
-        return float(c)
-    except ValueError:
-        return None
-
-
 def read_csv_series(path: Path, columns: list) -> tuple[np.ndarray, tuple[str, ...]]:
-    """A CSV/TSV table (rows = time steps) -> values (T, C) float64 (NaN where missing) and the channel names.
-
-    A first row with any non-numeric cell is the header. columns: names or 0-based indices; empty = every numeric
-    column (a column whose cells are mostly text, such as a date, is left out; a mostly numeric column with a few
-    text cells is an error that names the cell)."""
-    name = path.name
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        _refuse("task.path", f"{name} is not a UTF-8 text file; is it really a CSV (task.format)?")
-    if path.suffix.lower() == ".tsv":
-        delimiter = "\t"
-    else:
-        try:
-            delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
-        except csv.Error:
-            delimiter = ","
-    rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter))
-            if any(c.strip() for c in r)]
-    if not rows:
-        _refuse("task.path", f"{name} is empty")
-    first = rows[0][1]
-    named = any(_parse_cell(c) is None for c in first)
-    names = [c.strip() or f"column {j}" for j, c in enumerate(first)] if named else \
-        [f"c{j}" for j in range(len(first))]
-    body = rows[1:] if named else rows
-    if not body:
-        _refuse("task.path", f"{name} has a header row but no data rows")
-    width = len(names)
-    for line, r in body:
-        if len(r) != width:
-            _refuse("task.path", f"{name} line {line} has {len(r)} cells, but the first row has {width}")
-    parsed = [[_parse_cell(r[j]) for _, r in body] for j in range(width)]
-    lines = [line for line, _ in body]
-
-    def text_cells(j):
-        return [(lines[i], body[i][1][j]) for i, v in enumerate(parsed[j]) if v is None]
-
-    if columns:
-        chosen = [_column_index(c, names, f"task.columns[{k}]", named) for k, c in enumerate(columns)]
-        for k, j in enumerate(chosen):
-            bad = text_cells(j)
-            if bad:
-                _refuse(f"task.columns[{k}]", f"column {names[j]!r} of {name} is not numeric ({len(bad)} text "
-                        f"cells, first on line {bad[0][0]}: {bad[0][1]!r})")
-    else:
-        chosen = []
-        for j in range(width):
-            bad = text_cells(j)
-            numbers = sum(1 for v in parsed[j] if v is not None and v == v)
-            if not bad:
-                chosen.append(j)
-            elif len(bad) < numbers:   # mostly numbers: a typo, not a text column
-                _refuse("task.path", f"column {names[j]!r} of {name} is numeric but has {len(bad)} text cells "
-                        f"(first on line {bad[0][0]}: {bad[0][1]!r}); fix them, or pick other columns with "
-                        "task.columns")
-        if not chosen:
-            _refuse("task.path", f"{name} has no numeric column (columns: {names})")
-    values = np.array([parsed[j] for j in chosen], dtype=np.float64).T      # (T, C)
-    return values, tuple(names[j] for j in chosen)
+    """A CSV/TSV table (rows = time steps) -> values (T, C) float64 (NaN where missing) and the channel names;
+    read by the vectors task's table reader (the same header rule, column choice and errors)."""
+    from ..vectors.io import load_table
+    fmt = "tsv" if path.suffix.lower() == ".tsv" else "csv"
+    table = load_table(str(path), fmt, list(columns))
+    return table.values, tuple(table.names)
 
 
 def read_npy_series(path: Path, columns: list) -> tuple[np.ndarray, tuple[str, ...], bool]:
