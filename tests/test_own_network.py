@@ -81,3 +81,19 @@ def test_the_objective_trains_inside_a_loop_of_ones_own():
     fit(stage2, 4)
     after = (one_step(model, x0, refine=False).x - meanflow(teacher.teacher, x0, 8).x).norm(dim=1).mean()
     assert after < 0.7 * before
+
+
+def test_the_vectors_task_takes_a_network_of_ones_own(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "points.npy"
+    import numpy as np
+    np.save(data, np.random.default_rng(0).standard_normal((200, 3)))
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    cfg = load_config("vectors-example", [f"task.path={data}", "model.target=my_nets:TinyNet",
+                                          "model.options={width: 8}", "train.steps=3", "train.progress=false",
+                                          "rmflow.nll_start_step=2", "rmflow.teacher_bank=64"])
+    trainer = Trainer(cfg)
+    assert type(trainer.model.net).__name__ == "TinyNet" and trainer.model.net.body[-1].out_features == 3
+    assert len(trainer.train()) == 3

@@ -27,7 +27,7 @@ from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets import MLP
 from ..anyd_metrics import vector_metrics
-from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
+from ..base import Batch, Task, TaskSpec, build_rmflow, register_task, user_network
 from .io import load_table
 from .plots import plot_vectors
 from .prepare import DataUnits, prepare
@@ -71,6 +71,8 @@ class VectorsModel:
     depth: int = 3
     time_dim: int = 64
     time_embed: Literal["sinusoidal", "raw"] = "sinusoidal"
+    target: str = ""                # a network of one's own, "package.module:Class", built as Class(dim=D, **options)
+    options: dict = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
         for name in ("hidden", "depth", "time_dim"):
@@ -103,7 +105,8 @@ class VectorsTask(Task):
         """RMFlow with an MLP on D = number of columns; `model.units` holds the standardisation (buffers)."""
         self._check_filter()
         m = self.cfg.model
-        net = MLP(self.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed)
+        net = (user_network(m.target, dim=self.dim, **m.options) if m.target else
+               MLP(self.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed))
         model = build_rmflow(net, self.cfg, self.space, vector_dim=self.dim)
         model.units = DataUnits(self.data.mean, self.data.std)
         return model
