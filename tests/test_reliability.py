@@ -238,3 +238,13 @@ def test_presets_print_one_sentence_and_a_measured_cpu_time(capsys):
     for name, first, cpu in zip(names, lines[::2], lines[1::2]):
         assert first.startswith(name) and first.rstrip().endswith(".")
         assert "CPU time: ~" in cpu and "not measured" not in cpu
+
+
+def test_bench_method_list_takes_no_override_for_a_method(monkeypatch):
+    import rmflow.bench as bench
+    seen = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda base, methods, *a, **k: seen.update(
+        methods=methods, threads=base["train"]["num_threads"]) or {})
+    monkeypatch.setattr(bench, "report", lambda res: "")
+    assert main(["bench", "ring", "--methods", "fm", "meanflow,rmflow", "train.num_threads=1"]) == 0
+    assert seen == {"methods": ["fm", "meanflow", "rmflow"], "threads": 1}

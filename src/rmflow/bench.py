@@ -318,8 +318,9 @@ def report(res: dict) -> str:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML path or preset name (its task's default network is benchmarked)")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.batch_size=256 train.num_threads=1")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help=f"a subset of {', '.join(METHODS)} (space- or comma-separated); a key=value among them is "
+                        "an override, not a method")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compilation happens here)")
@@ -349,9 +350,11 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
 
 
 def run_bench(args) -> dict:
-    base = apply_overrides(read_yaml(args.config), list(args.overrides) + ["train.progress=false"])
+    methods = [m for token in args.methods if "=" not in token for m in token.split(",") if m]
+    overrides = list(args.overrides) + [t for t in args.methods if "=" in t]   # `--methods a b key=value`
+    base = apply_overrides(read_yaml(args.config), overrides + ["train.progress=false"])
     base.pop("compare", None)
-    res = run_benchmark(base, [m for m in args.methods.split(",") if m], args.steps, args.rounds, args.warmup, args.compile_mode,
+    res = run_benchmark(base, methods, args.steps, args.rounds, args.warmup, args.compile_mode,
                         args.precision, args.nfe, args.sample_batch, args.sample_repeats, not args.no_memory,
                         variant_keys=parse_variants(args.variant))
     print(report(res))
