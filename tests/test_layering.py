@@ -70,3 +70,17 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     found = rmflow_imports(probe, tmp_path)
     assert found == {"rmflow.flow.model", "rmflow.train.trainer"}
     assert layer("rmflow.train.trainer") not in ALLOWED["flow"]
+
+
+TASK_PACKAGES = sorted(p.name for p in (SRC / "tasks").iterdir() if (p / "__init__.py").exists())
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.parent.parent == SRC / "tasks"],
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_a_task_does_not_reach_into_another_task(path):
+    """Shared task code lives in tasks/*.py (base, tables, anyd_metrics, lora); a task package imports no other."""
+    own = path.parent.name
+    bad = sorted(m for m in rmflow_imports(path)
+                 if m.split(".")[:2] == ["rmflow", "tasks"] and len(m.split(".")) > 2
+                 and m.split(".")[2] in TASK_PACKAGES and m.split(".")[2] != own)
+    assert not bad, f"{path.relative_to(SRC)} imports another task: {bad}"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rmflow.tasks.vectors.io import load_table
+from rmflow.tasks.tables import load_table
 
 
 def test_example_writes_a_table_the_task_reads(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from rmflow.errors import ConfigError
-from rmflow.tasks.vectors.io import load_table, resolve_format
+from rmflow.tasks.tables import load_table, resolve_format
 from rmflow.tasks.vectors.prepare import DataUnits, prepare, split_rows
 
 X = np.arange(24, dtype=np.float64).reshape(8, 3) * 0.5 - 1.0

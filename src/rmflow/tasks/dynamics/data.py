@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
+from ..tables import load_table
 from .systems import SYSTEMS, simulate_many
 
 SPLITS = ("train", "valid", "test")
@@ -162,8 +163,7 @@ def _column_index(spec, names: list[str], key: str, named: bool) -> int:
 
 def read_csv_series(path: Path, columns: list) -> tuple[np.ndarray, tuple[str, ...]]:
     """A CSV/TSV table (rows = time steps) -> values (T, C) float64 (NaN where missing) and the channel names;
-    read by the vectors task's table reader (the same header rule, column choice and errors)."""
-    from ..vectors.io import load_table
+    read by the tasks' shared table reader (tasks/tables.py: the same header rule, column choice and errors)."""
     fmt = "tsv" if path.suffix.lower() == ".tsv" else "csv"
     table = load_table(str(path), fmt, list(columns))
     return table.values, tuple(table.names)

@@ -28,7 +28,7 @@ from ...flow import EuclideanSpace
 from ...nets import MLP
 from ..anyd_metrics import vector_metrics
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task, user_network
-from .io import load_table
+from ..tables import load_table
 from .plots import plot_vectors
 from .prepare import DataUnits, prepare
 

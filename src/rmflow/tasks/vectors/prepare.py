@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import fail
+from ..tables import fail
 
 MIN_HELDOUT, MIN_TRAIN = 2, 10
 

@@ -1,11 +1,11 @@
-"""Reading a user's table of vectors into a float64 array (N, D) with column names, or a ConfigError that names the
-config key and the problem.
+"""Reading a user's table — the vectors task's rows, a series file's time steps — into a float64 array (N, D) with
+column names, or a ConfigError that names the config key and the problem. Shared by the tasks that read files.
 
 Formats (task.format, or from the extension with 'auto'):
 - npy:          a numeric array (N, D), or (N,) read as one column (N, 1); np.load without pickles.
 - csv / tsv:    text, comma / tab separated; a header row when the first row holds a field that is not a number.
                 Empty fields and NA, N/A, null, none, nan (any case) are missing values (NaN).
-- parquet:      through pyarrow (not a dependency of rmflow: `pip install pyarrow`); numeric and boolean columns.
+- parquet:      through pyarrow (the `vectors` extra: `pip install "rmflow[vectors]"`); numeric and boolean columns.
 - safetensors:  one tensor (N, D) or (N,) of the file, named by task.key (default: the only tensor).
 
 Columns (task.columns): names (tables with a header) or 0-based indices; empty = every numeric column (text columns
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 FORMATS = ("npy", "csv", "tsv", "parquet", "safetensors")
 SUFFIXES = {".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
