@@ -172,20 +172,11 @@ def _load_run(run_dir: str):
     return pipe.model, pipe.task, pipe.cfg
 
 
-def _check_samplers(specs) -> None:
-    from .config import ConfigError, parse_sampler
-    for spec in specs:
-        try:
-            parse_sampler(spec)
-        except ValueError as e:
-            raise ConfigError(f"sampler {spec!r}: {e}") from None
-
-
 def _evaluate(args) -> None:
+    from .config import check_samplers
     from .evaluate import evaluate_samplers
     from .train.rundir import atomic_write_text
-    if args.samplers:
-        _check_samplers(args.samplers)
+    check_samplers(args.samplers or [])
     model, task, cfg = _load_run(args.run_dir)
     reference = task.reference(args.num_samples or cfg.eval.num_samples, seed=10_000 + args.seed)
     rows, _ = evaluate_samplers(task, model, reference, args.samplers or cfg.eval.samplers, args.seed,
@@ -198,8 +189,8 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     import numpy as np
 
-    from .config import ConfigError
-    _check_samplers([args.sampler])
+    from .config import ConfigError, check_samplers
+    check_samplers([args.sampler])
     out = Path(args.out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {args.out}: the folder {out.parent} does not exist")

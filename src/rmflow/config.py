@@ -148,11 +148,17 @@ class EvalConfig:
     def validate(self, key: str) -> None:
         check(self.num_samples >= 1, f"{key}.num_samples", "must be >= 1")
         check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        for i, s in enumerate(self.samplers):
-            try:
-                parse_sampler(s)
-            except ValueError as e:
-                raise ConfigError(f"config key '{key}.samplers[{i}]': {e}") from None
+        check_samplers(self.samplers, f"{key}.samplers")
+
+
+def check_samplers(specs, key: str = "") -> None:
+    """Every spec parses (parse_sampler), else a ConfigError naming the config key (or, without one, the spec)."""
+    for i, spec in enumerate(specs):
+        try:
+            parse_sampler(spec)
+        except ValueError as e:
+            where = f"config key '{key}[{i}]'" if key else f"sampler {spec!r}"
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -178,11 +184,7 @@ class MethodSpec:
     def validate(self, key: str, methods) -> None:
         for k in self.set:
             check(isinstance(k, str) and bool(k), f"{key}.set", f"keys must be dotted config keys, got {k!r}")
-        for i, spec in enumerate(self.samplers):
-            try:
-                parse_sampler(spec)
-            except ValueError as e:
-                raise ConfigError(f"config key '{key}.samplers[{i}]': {e}") from None
+        check_samplers(self.samplers, f"{key}.samplers")
         check(not self.start_from or self.start_from in methods, f"{key}.from",
               f"no method named {self.start_from!r}; methods: {', '.join(methods)}")
         check(self.start_from != key.rpartition(".")[2], f"{key}.from", "a method cannot start from itself")

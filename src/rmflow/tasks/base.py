@@ -89,26 +89,29 @@ def _load_outside_task(name: str) -> None:
     target = found[0].value if found else (name if ":" in name else None)
     if target is None:
         return
+    spec = _import_target(target, "task.name")      # importing the module may register the task itself
+    if isinstance(spec, TaskSpec) and name not in _REGISTRY:
+        _REGISTRY[name] = spec
+
+
+def _import_target(target: str, key: str):
+    """Import "package.module" or "package.module:attribute"; the attribute (None without one). A ConfigError names
+    `key` when the module or the attribute is missing."""
     module, _, attr = target.partition(":")
     try:
         loaded = importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"config key 'task.name': task {name!r} points to {target!r}, which cannot be imported "
-                          f"({e})") from None
-    spec = getattr(loaded, attr, None) if attr else None
-    if isinstance(spec, TaskSpec) and name not in _REGISTRY:
-        _REGISTRY[name] = spec
+        return getattr(loaded, attr) if attr else None
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"config key '{key}': cannot load {target!r} ({e}); expected 'package.module' or "
+                          "'package.module:Name'") from None
 
 
 def user_network(target: str, **options) -> nn.Module:
     """A network of one's own, named "package.module:Class" in a config (`model.target`), built as
     Class(**options). Its forward(x, t, r, cond=None[, mask=None]) returns u (B, *D) like x (B, *D)."""
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"config key 'model.target': cannot load {target!r} ({e}); expected 'package.module:Class'"
-                          ) from None
+    cls = _import_target(target, "model.target")
+    if cls is None:
+        raise ConfigError(f"config key 'model.target': {target!r} names no class; expected 'package.module:Class'")
     try:
         return cls(**options)
     except TypeError as e:
