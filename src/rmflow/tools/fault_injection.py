@@ -1,6 +1,6 @@
 """Kill -9 a training run at random moments, many times, then let it finish; report what survived.
 
-    python -m rmflow.tools.fault_injection --kills 30 --out /tmp/fi        (docs/RELIABILITY.md)
+    python -m rmflow.tools.fault_injection --kills 30 --out runs/fault-injection        (docs/RELIABILITY.md)
 
 Each round starts training of a tiny ring model that writes a checkpoint after every step (so most kills land
 inside a checkpoint write), waits until training has started, sleeps a random 0–0.4 s and sends SIGKILL. After the
