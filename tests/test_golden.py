@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rmflow.config import apply_overrides, build_config
 from rmflow.evaluate import draw_samples
 from rmflow.train.lora import trainer_class
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden.json"   # {case: {losses, samples_shape, samples}}, plain numbers
 TINY_RING = ["model.hidden=32", "model.depth=2", "train.batch_size=64", "train.progress=false",
              "train.warmup_steps=3", "train.steps=50", "rmflow.nll_start_step=25", "rmflow.teacher_bank=2048",
              "rmflow.filter_reference=500", "train.ema_decay=0.9"]
@@ -116,8 +117,9 @@ def test_golden_unchanged(name, tmp_path):
     needs = CASES[name][1]
     if needs and importlib.util.find_spec(needs) is None:
         pytest.skip(f"{needs} is not installed")
-    from safetensors.torch import load_file
-    want = load_file(str(GOLDEN / f"{name}.safetensors"))
+    case = json.loads(GOLDEN.read_text())[name]
+    want = {"losses": torch.tensor(case["losses"], dtype=torch.float64),    # exact: JSON keeps every float64 digit
+            "samples": torch.tensor(case["samples"], dtype=torch.float32).reshape(case["samples_shape"])}
     got = run_case(name, tmp_path)
     assert got["losses"].shape == want["losses"].shape
     assert torch.equal(got["losses"], want["losses"]), (got["losses"] - want["losses"]).abs().max()
@@ -127,10 +129,12 @@ def test_golden_unchanged(name, tmp_path):
 if __name__ == "__main__" and "--write" in sys.argv:
     import tempfile
 
-    from safetensors.torch import save_file
-    GOLDEN.mkdir(exist_ok=True)
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     for case in sys.argv[sys.argv.index("--write") + 1:] or CASES:
         with tempfile.TemporaryDirectory() as d:
             out = run_case(case, Path(d))
-        save_file(out, str(GOLDEN / f"{case}.safetensors"))
+        golden[case] = {"losses": out["losses"].tolist(), "samples_shape": list(out["samples"].shape),
+                        "samples": out["samples"].flatten().tolist()}
         print(case, out["losses"][:3].tolist(), out["samples"].flatten()[:3].tolist())
+    GOLDEN.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(golden.items()))
+                      + "\n}\n")   # one line per case
