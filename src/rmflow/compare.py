@@ -148,7 +148,7 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
 
 def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log) -> None:
     """Resume one (method, seed) run, or start it from its `from` method's final checkpoint, and train it to its
-    step budget; the run folder's config.yaml is written once its checkpoint is known to fit."""
+    step budget (`train` writes the run folder's config.yaml once the checkpoint is known to fit)."""
     root = root_cfg.run_dir
     if not trainer.resume() and spec.start_from:
         src = spec.start_from
@@ -161,7 +161,6 @@ def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, l
             raise ConfigError(f"compare.{method}.from: {src!r} ends at step {src_steps}, but {method!r} "
                               f"trains only to step {cfg.train.steps}")
         trainer.load(start, warm_start=True)
-    trainer.write_config()
     if trainer.step < cfg.train.steps:
         log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
         trainer.train()

@@ -8,7 +8,7 @@ once). The logging window in progress is checkpointed too, and metrics.jsonl is 
 on resume, so every logged step appears once, with the row the uninterrupted run would have written.
 
 Nothing is written to the run folder before `resume()` has checked that its newest good checkpoint fits this
-config (`write_config` then records the config).
+config (`train` then records the config in config.yaml).
 """
 from __future__ import annotations
 
