@@ -64,15 +64,11 @@ def load(path: str | Path, use_ema: bool = True, device: str | torch.device = "c
     if (path / WEIGHTS).exists():
         from safetensors.torch import load_file
 
-        from .train.build import build_task
-        from .train.lora import adapt_for_checkpoint
+        from .train.build import model_with_weights
         cfg = load_config(str(path / "config.yaml"))
-        task = build_task(cfg)
-        model = task.build_model()
         weights = load_file(str(path / WEIGHTS))
-        if any("lora_" in k for k in weights):   # exported after a LoRA stage: give the model its adapters
-            adapt_for_checkpoint(cfg, model, cfg.rmflow.nll_start_step + 1)
-        model.load_state_dict(weights)
+        lora = any("lora_" in k for k in weights)   # exported after a LoRA stage: a step inside it
+        model, task = model_with_weights(cfg, weights, "", cfg.rmflow.nll_start_step + 1 if lora else 0)
         return Pipeline(model.to(device), task, cfg)
     from .train.build import load_run
     try:

@@ -97,9 +97,16 @@ def load_run(run_dir: str | Path, use_ema: bool = True, device: str | torch.devi
     if found is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
     _, tensors, state = found
+    model, task = model_with_weights(cfg, tensors, "ema." if use_ema else "model.", int(state["step"]))
+    return model.to(device).eval(), task, cfg
+
+
+def model_with_weights(cfg: Config, tensors: dict[str, torch.Tensor], prefix: str, step: int):
+    """(model, task) of `cfg` holding the `prefix`-ed weights of a checkpoint written at `step` (LoRA adapters are
+    added first when the checkpoint comes from a LoRA stage)."""
+    from .lora import adapt_for_checkpoint
     task = build_task(cfg)
     model = task.build_model()
-    from .lora import adapt_for_checkpoint
-    adapt_for_checkpoint(cfg, model, int(state["step"]))
-    load_weights(model, tensors, "ema." if use_ema else "model.")
-    return model.to(device).eval(), task, cfg
+    adapt_for_checkpoint(cfg, model, step)
+    load_weights(model, tensors, prefix)
+    return model, task
