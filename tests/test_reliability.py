@@ -227,6 +227,14 @@ def test_tensorboard_scalars_next_to_the_jsonl(tmp_path):
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e.step for e in loss] == [r["step"] for r in rows] == [2, 4, 6]
     assert all(abs(e.value - r["loss"]) < 1e-6 for e, r in zip(loss, rows))
+    # `rmflow evaluate` on that run adds its metrics and the sample figure at the checkpoint's step
+    assert main(["evaluate", str(cfg.run_dir), "--samplers", "meanflow@1", "--num-samples", "200"]) == 0
+    evaluated = json.loads((cfg.run_dir / "eval.json").read_text())
+    events = EventAccumulator(str(cfg.run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "eval/samples" in events.Tags()["images"]
+    tv = events.Scalars("eval/meanflow@1/tv")
+    assert [e.step for e in tv] == [6] and abs(tv[0].value - evaluated[0]["tv"]) < 1e-6
 
 
 def test_presets_print_one_sentence_and_a_measured_cpu_time(capsys):

@@ -174,16 +174,20 @@ def _load_run(run_dir: str):
 
 def _evaluate(args) -> None:
     from .config import check_samplers
-    from .evaluate import evaluate_samplers
+    from .evaluate import evaluate_samplers, log_to_tensorboard
+    from .train.checkpoint import latest_checkpoint
     from .train.rundir import atomic_write_text
     check_samplers(args.samplers or [])
     model, task, cfg = _load_run(args.run_dir)
     reference = task.reference(args.num_samples or cfg.eval.num_samples, seed=10_000 + args.seed)
-    rows, _ = evaluate_samplers(task, model, reference, args.samplers or cfg.eval.samplers, args.seed,
-                                cfg.eval.batch_size)
+    rows, panels = evaluate_samplers(task, model, reference, args.samplers or cfg.eval.samplers, args.seed,
+                                     cfg.eval.batch_size)
     text = json.dumps(rows, indent=1)
     print(text)    # first: a read-only run folder must not cost the results
     atomic_write_text(Path(args.run_dir) / "eval.json", text)
+    newest = latest_checkpoint(Path(args.run_dir) / "checkpoints")
+    if cfg.train.tensorboard and newest is not None:   # a run folder that logs to TensorBoard: the samples too
+        log_to_tensorboard(args.run_dir, int(newest.stem.split("_")[1]), rows, panels, task, reference)
 
 
 def _sample(args) -> None:

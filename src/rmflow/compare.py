@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, MethodSpec, apply_overrides, build_config, to_dict
-from .evaluate import draw_samples, evaluate_samplers
+from .evaluate import draw_samples, evaluate_samplers, log_to_tensorboard
 from .train import latest_checkpoint
 from .train.lora import trainer_class
 from .train.rundir import RunLock
@@ -120,9 +120,14 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
             reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
             first = seed == root_cfg.seeds[0]
+            board = cfg.train.tensorboard and cfg.run_dir.exists()   # the run's own board gets its samples too
+            own_rows, own_panels = [], {}
             for sampler in cfg.eval.samplers:
-                row, x = _sampler_row(trainer.task, cfg, model, reference, sampler, seed, trainer.step, first)
+                row, x = _sampler_row(trainer.task, cfg, model, reference, sampler, seed, trainer.step,
+                                      first or board)
                 row.update(method=method, seed=seed)
+                own_rows.append(row)
+                own_panels[row["label"]] = x
                 log(f"  {row['label']:<22} " + "  ".join(f"{k}={row[k]:{f}}" for k, (_, f)
                                                            in task_columns(trainer.task).items() if k in row))
                 rows.append(row)
@@ -130,9 +135,11 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
                     label = row["label"]
                     plain = method in ("meanflow", "rmflow", "flow_matching") and label not in figure_panels
                     figure_panels[label if plain else f"{label} ({method})"] = x
+            if board:
+                log_to_tensorboard(cfg.run_dir, trainer.step, own_rows, own_panels, trainer.task, reference)
         if train_only:
             continue
-        rows.append(_data_row(trainer.task, cfg, reference, seed, root / "data_evals.json"))
+        rows.extend(_data_rows(trainer.task, cfg, reference, seed, root / "data_evals.json"))
     if train_only:
         return {"rows": [], "table": "", "dir": str(root)}
     table = markdown_table(rows, task_columns(trainer.task))
@@ -178,6 +185,23 @@ def _sampler_row(task, cfg, model, reference, spec: str, seed: int, step: int, w
     (row,), panels = evaluate_samplers(task, model, reference, [spec], seed, cfg.eval.batch_size)
     _write_cache(path, key, row)
     return row, panels[row["label"]]
+
+
+def _data_rows(task, cfg, reference, seed: int, cache_path: Path) -> list[dict]:
+    """The task's reference rows (`reference_rows(reference, seed)`: label -> samples, each scored like samples,
+    method "reference"; e.g. persistence, climatology and analogue forecasts), or else the single "data" row;
+    cached like the samplers' rows."""
+    make = getattr(task, "reference_rows", None)
+    if make is None:
+        return [_data_row(task, cfg, reference, seed, cache_path)]
+    key = eval_key(cfg, "references", cfg.eval.num_samples, seed, 0)
+    cached = _read_cache(cache_path).get(key)
+    if cached is not None:
+        return cached
+    rows = [{"method": "reference", "sampler": label, "nfe": 0, "label": label, "seed": seed,
+             **task.evaluate(x, reference)} for label, x in make(reference, 20_000 + seed).items()]
+    _write_cache(cache_path, key, rows)
+    return rows
 
 
 def _data_row(task, cfg, reference, seed: int, cache_path: Path) -> dict:

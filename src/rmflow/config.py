@@ -42,11 +42,14 @@ class TimeConfig:
 @dataclass
 class FlowConfig:
     sigma: float = 0.0             # data smoothing x1 = x_data + σ·ε1, 0 <= σ < σ_min
-    adaptive_p: float = 1.0        # adaptive loss weight 1/(‖Δ‖² + c)^p; p = 0 is plain MSE
+    adaptive_p: float = 0.0        # adaptive loss weight 1/(‖Δ‖² + c)^p; p = 0 is plain MSE, the only p whose
+                                   # minimiser is the marginal velocity (docs/METHOD.md §7)
     adaptive_c: float = 1e-3
     jvp: Literal["func", "autograd"] = "func"
     jvp_subset: bool = False       # the JVP only on the rows with r != t (the same loss; bench: meanflow_sub)
     path_coupling: Literal["independent", "minibatch_ot"] = "independent"   # how the L_CMFM path pairs x0 with x1
+    objective: Literal["meanflow", "imf"] = "meanflow"   # imf: improved MeanFlow (Geng et al. 2025, arXiv 2512.02012),
+                                   # ‖u_θ - (r-t)·sg(du/dt) - v‖² with the model's own u(x_t, t, t) as the JVP tangent
     time: TimeConfig = field(default_factory=TimeConfig)
 
     def validate(self, key: str) -> None:
@@ -58,25 +61,29 @@ class FlowConfig:
 
 @dataclass
 class RMFlowConfig:
-    lambda_nll: float = 0.0        # λ1; 0 = plain MeanFlow
+    lambda_nll: float = 10.0       # λ1; 0 = plain MeanFlow (10: L_NLL against the plain squared error of L_CMFM, §6)
     lambda_enc: float = 0.0        # λ2, penalty on ‖φ_ω(c)‖² for guided sources
-    sigma_min: float = 0.1         # refinement: x̂1 + sqrt(σ_min² - σ²)·ε2
+    sigma_min: float = 0.03        # refinement: x̂1 + sqrt(σ_min² - σ²)·ε2
     pairing: Literal["independent", "minibatch_ot", "inverse", "self", "teacher"] = "teacher"   # of L_NLL
-    teacher_steps: int = 32        # k of the k-step MeanFlow partner (self / teacher)
+    teacher_steps: int = 64        # k of the k-step partner (self / teacher)
+    teacher_sampler: Literal["meanflow", "ode"] = "ode"   # the teacher's map: k MeanFlow jumps, or k Euler
+                                   # steps of the ODE of its instantaneous velocity u(x, t, t)
     teacher_source: Literal["ema", "model"] = "ema"   # what the frozen teacher is copied from
-    nll_start_step: int = 0        # the likelihood stage begins here (stage 2 of the two-stage protocol)
-    teacher_bank: int = 0          # precomputed teacher pairs (0: teacher evaluated every step); conditional
+    nll_start_step: int = 5000     # the likelihood stage begins here (stage 2 of the two-stage protocol)
+    teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step); conditional
                                    # data: for as many training conditions, drawn once
-    nll_focus: float = 0.0         # share of the L_NLL batch taken from the hardest of 4·B candidates
+    nll_focus: float = 0.5         # share of the L_NLL batch taken from the hardest of 4·B candidates
     nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
     batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both
     focus_errors: Literal["fresh", "stored"] = "fresh"   # fresh: score the focus candidates every step | stored: each bank pair's
                                    # error from its last use (no candidate forward; needs teacher_bank)
-    teacher_filter: float = 0.0    # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
-                                   # q-quantile of the data's own nearest-neighbour distances (0: keep all)
+    teacher_filter: float = 0.99   # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
+                                   # q-quantile of the data's own nearest-neighbour distances (0: keep all); for
+                                   # unconditional, unmasked data (a conditional bank is not filtered)
     filter_reference: int = 20000  # data points the filter measures against
-    refine: Literal["fixed", "learned", "mixture"] = "fixed"   # mixture: vector data
-    mixture_components: int = 2    # K of refine 'mixture'
+    refine: Literal["auto", "fixed", "learned", "mixture"] = "auto"   # mixture: flat vector data only; auto:
+                                   # mixture where the task has flat vectors, fixed elsewhere
+    mixture_components: int = 4    # K of refine 'mixture'
     mixture_hidden: int = 256      # width of the mixture refiner's MLP g(x0, x̂1)
     mixture_pick: Literal["argmax", "sample"] = "argmax"   # how the sampler chooses the mixture component
     sigma_c: float = 1e-3          # guided-encoding source noise
@@ -108,12 +115,14 @@ class RMFlowConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 5000
+    steps: int = 7000
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_schedule: Literal["constant", "cosine"] = "constant"   # cosine: decay to 0 from lr_decay_start to steps
+    lr_schedule: Literal["constant", "cosine", "cosine_stages"] = "cosine_stages"   # cosine: decay to 0 from
+                                   # lr_decay_start to steps; cosine_stages: warm-up + decay per stage (restart at
+                                   # rmflow.nll_start_step)
     lr_decay_start: int = 0
     ema_decay: float = 0.999
     grad_clip: float = 1.0         # max global grad norm; 0 disables

@@ -1,7 +1,9 @@
 """Sampling and evaluation of a trained model with any list of samplers."""
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,3 +54,22 @@ def evaluate_samplers(task, model, reference: Batch, samplers: list[str], seed: 
                      "samples_per_s": len(x) / max(seconds, 1e-9)})
         panels[label] = x
     return rows, panels
+
+
+def log_to_tensorboard(run_dir: str | Path, step: int, rows: list[dict], panels: dict[str, torch.Tensor], task,
+                       reference: Batch) -> None:
+    """An evaluation into run_dir/tensorboard, next to the training scalars: every numeric metric of every row as
+    `eval/<sampler>/<metric>` and the task's sample figure as the image `eval/samples`, all at `step`."""
+    import matplotlib.image
+
+    from .train.trainer import tensorboard_writer
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "samples.png"
+        task.plot(panels, reference, png)
+        image = matplotlib.image.imread(png)[..., :3]
+    with tensorboard_writer(Path(run_dir)) as board:
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+                    board.add_scalar(f"eval/{row['sampler']}/{key}", value, step)
+        board.add_image("eval/samples", image, step, dataformats="HWC")

@@ -1,10 +1,16 @@
-"""The MeanFlow target and its JVP against independent computations."""
+"""The MeanFlow target and its JVP against independent computations; and improved MeanFlow (iMF, Geng et al.
+2025, arXiv 2512.02012; flow.objective = imf):
+
+    v̂ = sg(u(x_t, t, t)),  D = sg(J_x u(x_t, t, r) · v̂ + ∂_t u(x_t, t, r)),  V = u(x_t, t, r) - (r - t) D,
+    L = w · ‖V - v‖².
+"""
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from rmflow.config import ConfigError, load_config
 from rmflow.flow import CMFMLoss, TimeSampler, mean_velocity_time_derivative
 from rmflow.nets import MLP
 
@@ -121,3 +127,173 @@ def test_loss_gradients_do_not_flow_through_the_target():
     for a, b in zip(grads, grads2):
         torch.testing.assert_close(a, b)
     assert math.isfinite(float(out.loss.detach().sum()))
+
+
+# ---------------------------------------------------------------------------------------------------- iMF
+def _central_difference_imf(net, x, t, r, h=1e-6):
+    """d/dh u(x + h v̂, t + h, r) at h = 0 with v̂ = u(x, t, t), by float64 central differences."""
+    with torch.no_grad():
+        v_hat = net(x, t, t, None, None)
+        up = net(x + h * v_hat, t + h, r, None, None)
+        dn = net(x - h * v_hat, t - h, r, None, None)
+    return (up - dn) / (2 * h)
+
+
+def _double_mlp(seed=0, hidden=32, depth=2):
+    torch.manual_seed(seed)
+    return MLP(3, hidden=hidden, depth=depth, time_dim=16).double()
+
+
+# -------------------------------------------------------------------------------------------- a. the JVP term D
+@pytest.mark.parametrize("backend", ["func", "autograd"])
+def test_imf_derivative_matches_float64_central_differences(backend):
+    net = _double_mlp()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    v = torch.randn(6, 3, dtype=torch.float64)    # the conditional velocity: must play no part in D
+    t = torch.rand(6, dtype=torch.float64) * 0.5
+    r = t + 0.3
+    d = CMFMLoss(TimeSampler(), jvp_backend=backend, objective="imf").imf_derivative(net, x, t, r, v)
+    fd = _central_difference_imf(net, x, t, r)
+    torch.testing.assert_close(d, fd, rtol=1e-6, atol=1e-7)
+    # the tangent is the model's velocity, not v: the MeanFlow du/dt along v is a different vector
+    _, along_v = mean_velocity_time_derivative(net, x, t, r, v)
+    assert (along_v - fd).abs().max() > 1e-3
+    assert not d.requires_grad
+
+
+def test_imf_derivative_on_the_r_neq_t_subset():
+    """jvp_subset: D on the rows with r != t equals the full-batch D; the rows with r = t get 0."""
+    net = _double_mlp(1)
+    x, v = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    t = torch.rand(8, dtype=torch.float64) * 0.5
+    r = t.clone()
+    r[::2] += 0.4
+    full = CMFMLoss(TimeSampler(), objective="imf").imf_derivative(net, x, t, r, v)
+    sub = CMFMLoss(TimeSampler(), jvp_subset=True, objective="imf").imf_derivative(net, x, t, r, v)
+    torch.testing.assert_close(sub[::2], full[::2], rtol=1e-10, atol=1e-12)
+    assert torch.equal(sub[1::2], torch.zeros_like(sub[1::2]))
+    torch.testing.assert_close(sub[::2], _central_difference_imf(net, x, t, r)[::2], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------- b. the loss and θ
+def test_imf_loss_gradient_is_that_of_the_equivalent_meanflow_form():
+    """V_θ - v = u_θ - (v + (r - t) D) with D held fixed: the iMF loss and that regression have equal θ-gradients."""
+    net = _double_mlp(2, hidden=16, depth=1)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(8, 3, dtype=torch.float64, generator=g)
+    x1 = torch.randn(8, 3, dtype=torch.float64, generator=g) * 2 + 1
+    t = torch.rand(8, dtype=torch.float64, generator=g) * 0.6
+    r = t + torch.rand(8, dtype=torch.float64, generator=g) * (1 - t)
+    imf = CMFMLoss(TimeSampler(), adaptive_p=0.0, objective="imf")
+    out = imf(net, x0, x1, times=(t, r))
+    params = list(net.parameters())
+    grads = torch.autograd.grad(out.loss.sum(), params)
+
+    xt = (1 - t)[:, None] * x0 + t[:, None] * x1
+    v = x1 - x0
+    with torch.no_grad():
+        v_hat = net(xt, t, t, None, None)
+    _, d = mean_velocity_time_derivative(net, xt, t, r, v_hat)          # independent of imf_derivative
+    manual = ((net(xt, t, r, None, None) - (v + (r - t)[:, None] * d)) ** 2).sum()
+    grads2 = torch.autograd.grad(manual, params)
+    for a, b in zip(grads, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.sq_error.double(), ((net(xt, t, r, None, None) - (r - t)[:, None] * d - v) ** 2)
+                               .sum(1).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.dudt_norm.double(), d.norm(dim=1), rtol=1e-5, atol=1e-6)
+
+    # it is not the MeanFlow loss (whose JVP runs along v), so the check above can tell them apart
+    mf = CMFMLoss(TimeSampler(), adaptive_p=0.0)(net, x0, x1, times=(t, r))
+    assert (mf.sq_error - out.sq_error).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("adaptive_p", [0.0, 1.0])
+def test_imf_equals_meanflow_at_r_equals_t(adaptive_p):
+    net = MLP(3, hidden=16, depth=1, time_dim=8)
+    x0, x1 = torch.randn(16, 3), torch.randn(16, 3)
+    t = torch.rand(16)
+    mf = CMFMLoss(TimeSampler(), adaptive_p=adaptive_p)(net, x0, x1, times=(t, t))
+    imf = CMFMLoss(TimeSampler(), adaptive_p=adaptive_p, objective="imf")(net, x0, x1, times=(t, t))
+    torch.testing.assert_close(imf.loss, mf.loss, rtol=0, atol=0)
+    torch.testing.assert_close(imf.sq_error, mf.sq_error, rtol=0, atol=0)
+    # with ratio_neq = 0 neither runs a JVP, and both are flow matching
+    torch.manual_seed(5)
+    mf0 = CMFMLoss(TimeSampler(ratio_neq=0.0), adaptive_p=adaptive_p)(net, x0, x1)
+    torch.manual_seed(5)
+    imf0 = CMFMLoss(TimeSampler(ratio_neq=0.0), adaptive_p=adaptive_p, objective="imf")(net, x0, x1)
+    assert torch.equal(imf0.loss, mf0.loss) and torch.equal(imf0.dudt_norm, torch.zeros(16))
+
+
+def test_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match="objective"):
+        CMFMLoss(TimeSampler(), objective="meanflo")
+
+
+# ------------------------------------------------------------------- c. the exact average velocity is stationary
+def test_exact_average_velocity_gives_the_marginal_velocity():
+    """u = the exact average velocity of N(0, I) -> N(mu, s²): V = u - (r - t) D is the marginal velocity E[v | x_t],
+    so the iMF residual E[V - v | x_t] vanishes (a stationary point of L_iMF)."""
+    mu = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    exact = GaussianAverageVelocity(mu, s=0.5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=g) * 2
+    t = torch.rand(64, dtype=torch.float64, generator=g) * 0.9
+    r = t + torch.rand(64, dtype=torch.float64, generator=g) * (1 - t)
+    noise = torch.randn(64, 2, dtype=torch.float64, generator=g)   # a conditional v: only the masked-out tangent
+    d = CMFMLoss(TimeSampler(), objective="imf").imf_derivative(exact, x, t, r, noise)
+    compound = exact(x, t, r) - (r - t)[:, None] * d
+    marginal = exact(x, t, t)
+    torch.testing.assert_close(compound, marginal, rtol=1e-8, atol=1e-8)
+
+    # a model whose average velocity is off is not stationary: the check can fail
+    class Off(GaussianAverageVelocity):
+        def forward(self, x, t, r, cond=None, mask=None):
+            return super().forward(x, t, r) + 0.3 * (r - t)[:, None] * x
+
+    off = Off(mu, s=0.5)
+    d_off = CMFMLoss(TimeSampler(), objective="imf").imf_derivative(off, x, t, r, noise)
+    assert (off(x, t, r) - (r - t)[:, None] * d_off - marginal).abs().max() > 1e-2
+
+
+def test_exact_model_has_the_pure_noise_imf_loss():
+    """Through the loss itself: with the exact model V - v = E[v | x_t] - v, so sq_error is ‖E[v | x_t] - v‖²
+    (the irreducible noise of the conditional velocity), row by row for paired (x0, x1)."""
+    mu = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    exact = GaussianAverageVelocity(mu, s=0.5)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(32, 2, dtype=torch.float64, generator=g)
+    x1 = mu + 0.5 * torch.randn(32, 2, dtype=torch.float64, generator=g)
+    t = torch.rand(32, dtype=torch.float64, generator=g) * 0.9
+    r = t + torch.rand(32, dtype=torch.float64, generator=g) * (1 - t)
+    out = CMFMLoss(TimeSampler(), adaptive_p=0.0, objective="imf")(exact, x0, x1, times=(t, r))
+    xt = (1 - t)[:, None] * x0 + t[:, None] * x1
+    expected = (exact(xt, t, t) - (x1 - x0)).pow(2).sum(1)
+    torch.testing.assert_close(out.sq_error.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- d. the config
+def test_objective_config():
+    assert load_config("ring").flow.objective == "meanflow"
+    assert load_config("ring", ["flow.objective=imf"]).flow.objective == "imf"
+    with pytest.raises(ConfigError, match=r"flow\.objective"):
+        load_config("ring", ["flow.objective=improved"])
+
+
+# ------------------------------------------------------------------------------------------ e. a training smoke
+def test_imf_trains_the_ring():
+    from rmflow.train.lora import trainer_class
+    cfg = load_config("ring", ["flow.objective=imf", "flow.adaptive_p=0", "flow.time.ratio_neq=0.5",
+                               "rmflow.lambda_nll=0", "rmflow.refine=fixed", "rmflow.teacher_bank=0",
+                               "rmflow.teacher_filter=0", "rmflow.nll_focus=0", "model.hidden=32", "model.depth=2",
+                               "train.batch_size=128", "train.steps=30", "train.warmup_steps=0",
+                               "train.lr=3e-3", "train.progress=false"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = trainer_class(cfg)(cfg)
+        assert trainer.objective.cmfm.objective == "imf"      # build_objective passes flow.objective on
+        losses = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-10:]) < sum(losses[:10])

@@ -8,8 +8,8 @@ from torch import nn
 from rmflow.config import ConfigError, load_config
 from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, IndependentPairing, InversePairing,
                          LearnedScale, LikelihoodSchedule, MinibatchOTPairing, Pairs, RMFlow, RMFlowObjective,
-                         SelfPairing, TeacherPairing, TimeSampler, meanflow, minibatch_ot_permutation, scale_nll,
-                         transport_cost)
+                         SelfPairing, TeacherPairing, TimeSampler, flow_matching_ode, meanflow,
+                         minibatch_ot_permutation, scale_nll, transport_cost)
 from rmflow.nets import MLP
 
 
@@ -232,7 +232,7 @@ def test_teacher_bank_is_deterministic_and_holds_teacher_pairs():
     xa, ya = a.pairing._bank(a.model, torch.zeros(4, 2))[:2]
     xb, yb = b.pairing._bank(b.model, torch.zeros(4, 2))[:2]
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
-    torch.testing.assert_close(ya, meanflow(a.pairing.teacher, xa, 2).x)
+    torch.testing.assert_close(ya, flow_matching_ode(a.pairing.teacher, xa, 2).x)   # the default: its ODE
     assert abs(xa.mean().item()) < 0.15 and abs(xa.std().item() - 1) < 0.1   # x0 drawn from the source
     x0, y, _, _, idx = _pairs(a, torch.zeros(64, 2))
     assert idx is None   # indices are only kept with stored focus errors
@@ -358,7 +358,7 @@ def test_conditional_teacher_bank_pairs_carry_their_own_conditions():
     assert torch.equal(bank.cond, bank_c)
     with torch.no_grad():
         eps = (bank.x0 - enc(bank_c)) / 0.5
-        torch.testing.assert_close(bank.y, meanflow(obj.pairing.teacher, bank.x0, 2, bank_c).x)
+        torch.testing.assert_close(bank.y, flow_matching_ode(obj.pairing.teacher, bank.x0, 2, bank_c).x)
     assert abs(eps.mean().item()) < 0.1 and abs(eps.std().item() - 1) < 0.1   # x0 ~ φ(c) + σ_c·ε
     pairs = _pairs(obj, x[:20], c[:20])
     assert torch.equal(pairs.cond, bank_c[pairs.bank_idx]) and torch.equal(pairs.x0, bank.x0[pairs.bank_idx])
@@ -371,3 +371,32 @@ def test_conditional_teacher_bank_pairs_carry_their_own_conditions():
     assert torch.isfinite(out.loss).all() and "nll" in out.stats
     # the one gradient-carrying forward: the L_CMFM rows with the batch's contexts, then the pairs with their own
     assert len(calls) == 1 and torch.equal(calls[0][:20], c[20:]) and torch.equal(calls[0][20:], seen[0].cond)
+
+
+@pytest.mark.parametrize("sampler", ["meanflow", "ode"])
+def test_teacher_partner_is_its_k_step_map(sampler):
+    """u = a·x + b at every time: k MeanFlow jumps and k Euler steps of u(x, t, t) are both the affine recursion
+    x ← x + (1/k)(a·x + b), applied k times."""
+    model = RMFlow(Affine(0.5, 1.0), GaussianSource(), FixedScale(0.1, 0.0))
+    pairing = TeacherPairing(model, 4, sampler)
+    x0 = torch.randn(16, 2, dtype=torch.float32)
+    x = x0.clone()
+    for _ in range(4):
+        x = x + 0.25 * (0.5 * x + 1.0)
+    torch.testing.assert_close(pairing.partner(x0), x)
+    with pytest.raises(ValueError, match="teacher sampler"):
+        TeacherPairing(model, 4, "heun")
+
+
+def test_teacher_filter_falls_back_to_the_whole_bank_when_it_would_keep_nothing():
+    """A teacher whose partners all lie far from the data leaves nothing to filter by: a warning, not a crash."""
+    model = RMFlow(Affine(0.0, 100.0), GaussianSource(), FixedScale(0.1, 0.0))   # every partner near x0 + 100
+    data = torch.randn(500, 2)
+    far = TeacherPairing(model, 1, bank=64, filter_q=0.99, filter_reference=data)
+    with pytest.warns(UserWarning, match="would keep none of the 64 bank pairs"):
+        p = far.pairs(model, data[:8])
+    assert len(far.bank.x0) == 64 and len(p.x0) == 8
+    near = TeacherPairing(RMFlow(Affine(0.0, 0.0), GaussianSource(), FixedScale(0.1, 0.0)), 1, bank=64,
+                          filter_q=0.99, filter_reference=data)
+    near.pairs(model, data[:8])
+    assert 0 < len(near.bank.x0) <= 64

@@ -6,7 +6,7 @@ import torch
 from scipy.stats import norm
 
 from rmflow.tasks.synthetic.data import make_dataset
-from rmflow.tasks.synthetic.metrics import histogram_tv, mmd2, sample_metrics, wasserstein2
+from rmflow.tasks.synthetic.metrics import BANDWIDTHS, histogram_tv, mmd2, mmd_bandwidths, sample_metrics, wasserstein2
 
 
 def test_tv_of_identical_and_disjoint_samples():
@@ -43,6 +43,16 @@ def test_mmd_is_near_zero_for_same_distribution_and_positive_otherwise():
     x, y = torch.randn(1500, 2, generator=g), torch.randn(1500, 2, generator=g)
     assert abs(mmd2(x, y)) < 5e-3
     assert mmd2(x, y + 1.0) > 0.1
+
+
+def test_mmd_bandwidths_grow_with_the_dimension():
+    """D ≤ 2 keep the former bandwidths; in D = 64, where typical distances are √32 times those of D = 2, so are the
+    bandwidths: the unscaled kernels are ≈ 0 for almost every pair and barely see a change of scale."""
+    assert mmd_bandwidths(1) == mmd_bandwidths(2) == BANDWIDTHS
+    assert mmd_bandwidths(64) == pytest.approx([math.sqrt(32) * h for h in BANDWIDTHS])
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(1000, 64, generator=g), 1.2 * torch.randn(1000, 64, generator=g)
+    assert mmd2(x, y, mmd_bandwidths(64)) > max(0.01, 10 * mmd2(x, y))
 
 
 def test_mixture_log_density_matches_scipy():

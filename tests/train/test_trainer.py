@@ -110,7 +110,8 @@ def test_ctrl_c_finishes_the_step_and_resumes_bit_for_bit(tmp_path, monkeypatch)
 def test_training_moves_samples_onto_the_ring(tmp_path):
     """200 steps take 8-step samples from the Gaussian's mean radius (≈ 1.25) to near the ring's radius 4."""
     cfg = load_config("ring", ["model.hidden=64", "model.depth=2", "train.batch_size=128", "train.progress=false",
-                               "train.steps=200", "train.lr=3e-3", "train.warmup_steps=3"])
+                               "train.steps=200", "train.lr=3e-3", "train.warmup_steps=3",
+                               "train.lr_schedule=constant"])
     tr = Trainer(cfg)
     x0 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
     before = meanflow(tr.model, x0, 8).x.norm(dim=1).mean().item()
@@ -140,8 +141,24 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_from_its_start(tmp_path):
     assert tr._lr(200) == pytest.approx(0.001)             # half way: (1 + cos(π/2))/2
     assert tr._lr(299) == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 199 / 200)))
     assert tr._lr(299) < 1e-6
-    constant = Trainer(_cfg(tmp_path / "c", "train.steps=300", "train.warmup_steps=0"))
+    constant = Trainer(_cfg(tmp_path / "c", "train.steps=300", "train.warmup_steps=0", "train.lr_schedule=constant"))
     assert constant._lr(0) == constant._lr(299) == constant.cfg.train.lr
+
+
+def test_staged_cosine_restarts_at_the_likelihood_stage(tmp_path):
+    cfg = _cfg(tmp_path, "train.steps=300", "train.warmup_steps=10", "train.lr=0.002",
+               "train.lr_schedule=cosine_stages", "rmflow.nll_start_step=200", "rmflow.lambda_nll=0")
+    tr = Trainer(cfg)
+    half = lambda k, n: 0.002 * 0.5 * (1 + math.cos(math.pi * k / n))   # noqa: E731
+    assert tr._lr(0) == pytest.approx(0.002 / 10 * half(0, 200) / 0.002)  # warm-up of stage 1
+    assert tr._lr(100) == pytest.approx(0.001)                            # half way through stage 1
+    assert tr._lr(199) == pytest.approx(half(199, 200)) and tr._lr(199) < 1e-6
+    assert tr._lr(200) == pytest.approx(0.002 / 10)                       # restart: warm-up again
+    assert tr._lr(250) == pytest.approx(half(50, 100))                    # half way through stage 2
+    assert tr._lr(299) == pytest.approx(half(99, 100)) and tr._lr(299) < 1e-5
+    single = Trainer(_cfg(tmp_path / "s", "train.steps=300", "train.warmup_steps=0",
+                          "train.lr_schedule=cosine_stages", "rmflow.nll_start_step=0", "rmflow.lambda_nll=0"))
+    assert single._lr(150) == pytest.approx(single.cfg.train.lr / 2)       # no stage boundary: one cycle
 
 
 def test_ema_copies_the_late_starting_mixture_refiner_and_averages_the_rest(tmp_path):

@@ -87,12 +87,18 @@ def test_the_model_carries_the_standardisation(task):
     assert torch.allclose(task.from_data_units(x), z.double(), atol=1e-5)
 
 
-def test_the_teacher_filter_is_refused_when_the_table_is_small(task):
-    task.cfg.rmflow.teacher_filter, task.cfg.rmflow.teacher_bank = 0.99, 100
-    with pytest.raises(ConfigError, match=r"rmflow\.teacher_filter.*20000 rows .* from 90 training rows"):
-        task.build_model()
-    task.cfg.rmflow.filter_reference = 100                     # well below the 90·ln(100)/2 ≈ 207 it suggests
-    task.build_model()
+def test_the_teacher_filter_works_on_a_small_table_drawn_with_replacement():
+    """20 000 reference draws from 90 rows repeat rows almost always; counting each row once keeps the threshold at
+    the rows' own spacing, so partners on the data pass and partners far from it do not."""
+    from rmflow.flow.pairing import data_support_mask
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(90, 3, generator=g)
+    ref = rows[torch.randint(90, (20_000,), generator=g)]
+    near = rows + 0.01 * torch.randn(90, 3, generator=g)
+    far = rows + 10.0
+    keep = data_support_mask(torch.cat([near, far]), ref, 0.99)
+    assert keep[:90].all() and not keep[90:].any()
+    assert torch.equal(keep, data_support_mask(torch.cat([near, far]), torch.unique(ref, dim=0), 0.99))
 
 
 def test_train_sample_evaluate_through_the_cli(csv_path, tmp_path):

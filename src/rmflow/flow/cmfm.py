@@ -7,6 +7,14 @@ with x_t = (1 - t) x0 + t x1 and v = x1 - x0. At r = t the target is v: plain fl
 `ratio_neq = 0` no JVP runs at all. The target is always computed in float32 (outside any autocast region), and
 with `jvp_subset` the JVP runs only on the rows with r != t (the target on the others is v whatever du/dt is: the
 same loss, a smaller JVP; row-wise results may differ from the full-batch JVP by float32 round-off).
+
+objective "imf" (improved MeanFlow, Geng et al. 2025, arXiv 2512.02012) regresses a compound instantaneous
+velocity on v instead, with the model's own velocity v̂ as the JVP tangent (lower variance, a target free of θ):
+
+    v̂ = sg(u_θ(x_t, t, t)),   D = sg(∂_x u_θ(x_t, t, r) · v̂ + ∂_t u_θ(x_t, t, r))
+    V_θ = u_θ(x_t, t, r) - (r - t) · D,   L_iMF = w · ‖V_θ - v‖²
+
+(one extra no-grad forward for v̂; at r = t, V_θ = u_θ(x_t, t, t) and L_iMF = L_CMFM, flow matching).
 """
 from __future__ import annotations
 
@@ -31,20 +39,26 @@ def masked_sq_norm(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.T
 @dataclass
 class CMFMOutput:
     loss: torch.Tensor        # (B,) weighted per-sample loss
-    sq_error: torch.Tensor    # (B,) unweighted ‖Δ‖²
-    dudt_norm: torch.Tensor   # (B,) ‖du/dt‖, logged to catch late blow-ups
+    sq_error: torch.Tensor    # (B,) unweighted ‖Δ‖² (iMF: ‖V_θ - v‖²)
+    dudt_norm: torch.Tensor   # (B,) ‖du/dt‖ (iMF: ‖D‖), logged to catch late blow-ups
     extra: torch.Tensor | None = None   # (E, *D) u_θ on the `extra` rows, with its graph
 
 
-class CMFMLoss:
-    """Per-sample L_CMFM for a model u(x, t, r, cond, mask)."""
+OBJECTIVES = ("meanflow", "imf")
 
-    def __init__(self, time_sampler: TimeSampler, adaptive_p: float = 1.0, adaptive_c: float = 1e-3,
-                 jvp_backend: str = "func", jvp_subset: bool = False):
+
+class CMFMLoss:
+    """Per-sample L_CMFM (objective "meanflow") or L_iMF ("imf") for a model u(x, t, r, cond, mask)."""
+
+    def __init__(self, time_sampler: TimeSampler, adaptive_p: float = 0.0, adaptive_c: float = 1e-3,
+                 jvp_backend: str = "func", jvp_subset: bool = False, objective: str = "meanflow"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.path = LinearPath()
         self.times = time_sampler
         self.p, self.c = adaptive_p, adaptive_c
         self.jvp_backend, self.jvp_subset = jvp_backend, jvp_subset
+        self.objective = objective
 
     def target(self, net, x_t, t, r, v, cond=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The stop-gradient MeanFlow target v + (r - t)·du/dt, (B, *D), and du/dt, in float32."""
@@ -61,6 +75,26 @@ class CMFMLoss:
                     dudt = dudt.index_copy(0, idx, d)
             return (v + expand_time(r - t, v) * dudt).detach(), dudt
 
+    def imf_derivative(self, net, x_t, t, r, v, cond=None, mask=None) -> torch.Tensor:
+        """The iMF term D = ∂_x u · v̂ + ∂_t u at (x_t, t, r) with v̂ = u(x_t, t, t), (B, *D), detached, in float32.
+        v: the conditional velocity, only the tangent's value on masked-out entries (as in the MeanFlow JVP)."""
+        def derivative(x, t_, r_, v_, c, m):
+            with torch.no_grad():
+                v_hat = unwrap(net)(x, t_, t_, c, m).detach()
+            if m is not None:
+                v_hat = torch.where(m.bool(), v_hat, v_)
+            return mean_velocity_time_derivative(unwrap(net), x, t_, r_, v_hat, c, m, self.jvp_backend)[1]
+
+        with torch.autocast(x_t.device.type, enabled=False):
+            if not self.jvp_subset:
+                return derivative(x_t, t, r, v, cond, mask)
+            d = torch.zeros_like(v)
+            idx = (r != t).nonzero().squeeze(1)
+            if idx.numel():
+                d = d.index_copy(0, idx, derivative(x_t[idx], t[idx], r[idx], v[idx], _rows(cond, idx, len(t)),
+                                                    _rows(mask, idx, len(t))))
+            return d
+
     def __call__(self, net, x0: torch.Tensor, x1: torch.Tensor, cond=None, mask=None,
                  times: tuple[torch.Tensor, torch.Tensor] | None = None, extra: tuple | None = None) -> CMFMOutput:
         """x0, x1: (B, *D) paired source and (smoothed) data samples; times optionally fixes (t, r).
@@ -71,6 +105,8 @@ class CMFMLoss:
         point = self.path.sample(x0, x1, t)
         if times is None and getattr(self.times, "ratio_neq", None) == 0:  # r = t everywhere: plain flow matching, no JVP needed
             target, dudt = point.velocity, torch.zeros_like(point.velocity)
+        elif self.objective == "imf":
+            target, dudt = None, self.imf_derivative(net, point.x_t, t, r, point.velocity, cond, mask)
         else:
             target, dudt = self.target(net, point.x_t, t, r, point.velocity, cond, mask)
         u_extra = None
@@ -81,7 +117,10 @@ class CMFMLoss:
             u = net(torch.cat([point.x_t, xe]), torch.cat([t, te]), torch.cat([r, re]), cat_rows(cond, ce),
                     cat_rows(mask, me))
             u, u_extra = u[:len(t)], u[len(t):]
-        sq = masked_sq_norm(u.float() - target.float(), mask)
+        if target is None:   # iMF: V_θ = u_θ - (r - t)·D against v
+            sq = masked_sq_norm(u.float() - expand_time(r - t, dudt) * dudt.float() - point.velocity.float(), mask)
+        else:
+            sq = masked_sq_norm(u.float() - target.float(), mask)
         weight = (sq.detach() + self.c).pow(-self.p) if self.p > 0 else torch.ones_like(sq)
         return CMFMOutput(loss=weight * sq, sq_error=sq.detach(),
                           dudt_norm=masked_sq_norm(dudt, mask).sqrt(), extra=u_extra)

@@ -1,6 +1,7 @@
 """The total time derivative of the average velocity, du/dt = ∂_x u · v + ∂_t u, as an exact JVP.
 
 Tangents (v, 1, 0) for the inputs (x, t, r): a forward-mode Jacobian-vector product, no finite differences.
+The x-tangent v is any velocity: the conditional x1 - x0 for MeanFlow, the model's own u(x, t, t) for iMF.
 It is computed without a graph (it only enters the stop-gradient target), so a MeanFlow step costs one JVP plus
 one ordinary forward/backward.
 """

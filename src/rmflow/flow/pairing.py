@@ -153,6 +153,8 @@ def nearest_distance(x: torch.Tensor, ref: torch.Tensor, exclude_self: bool = Fa
 def data_support_mask(y: torch.Tensor, ref: torch.Tensor, q: float) -> torch.Tensor:
     """(N,) bool: rows of y (N, *D) whose nearest-neighbour distance to the data sample ref (M, *D) is at most the
     q-quantile of ref's own leave-one-out nearest-neighbour distances — y lies where the data have support, at the
-    density level that all but a share 1 - q of the data points reach."""
+    density level that all but a share 1 - q of the data points reach. Repeated rows of ref (a finite table drawn
+    with replacement) are counted once: a duplicate's distance 0 says nothing about the scale of the support."""
+    ref = torch.unique(ref.flatten(1), dim=0).view(-1, *ref.shape[1:])
     tau = torch.quantile(nearest_distance(ref, ref, exclude_self=True), q)
     return nearest_distance(y, ref) <= tau

@@ -1,5 +1,7 @@
-"""The frozen-teacher pairing, RMFlow's default: x0 ~ source, partner T_k(x0), the k-step MeanFlow map of a copy of
-the model frozen when the likelihood stage starts (the paper's two-stage shape: MeanFlow first, then L_NLL).
+"""The frozen-teacher pairing, RMFlow's default: x0 ~ source, partner T_k(x0), a k-step map of a copy of the model
+frozen when the likelihood stage starts (the paper's two-stage shape: MeanFlow first, then L_NLL). The map is
+either k MeanFlow jumps (`sampler="meanflow"`, the paper) or k Euler steps of the ODE of the model's own
+instantaneous velocity dx/dt = u(x, t, t) (`sampler="ode"`): the same network, read as a flow-matching model.
 
 Options; all but the filter leave the minimiser of L_NLL unchanged (the target is a deterministic function of x0 plus
 independent noise, so any sampling law of x0 with full support has the same minimiser):
@@ -20,6 +22,7 @@ independent noise, so any sampling law of x0 with full support has the same mini
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -35,7 +38,7 @@ CHUNK = 8192   # bank rows per teacher call
 class TeacherPairing(Pairing):
     """Pairs (x0, T_k(x0)) from a frozen copy of `model`; see the module docstring for the options."""
 
-    def __init__(self, model: nn.Module, steps: int, bank: int = 0, bank_seed: int = 0, focus: float = 0.0,
+    def __init__(self, model: nn.Module, steps: int, sampler: str = "ode", bank: int = 0, bank_seed: int = 0, focus: float = 0.0,
                  stored_errors: bool = False, filter_q: float = 0.0, filter_reference: torch.Tensor | None = None,
                  bank_conditions: tuple | None = None):
         super().__init__()
@@ -48,7 +51,9 @@ class TeacherPairing(Pairing):
                 raise ValueError("the teacher filter compares partners with unconditional data: it needs an "
                                  "unconditional bank")
         self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
-        self.steps, self.bank_size, self.bank_seed = int(steps), int(bank), int(bank_seed)
+        if sampler not in ("meanflow", "ode"):
+            raise ValueError(f"teacher sampler must be 'meanflow' or 'ode', got {sampler!r}")
+        self.steps, self.sampler, self.bank_size, self.bank_seed = int(steps), sampler, int(bank), int(bank_seed)
         self.focus, self.stored_errors, self.filter_q = float(focus), bool(stored_errors), float(filter_q)
         self.filter_reference = filter_reference
         self.bank_conditions = bank_conditions   # (cond, mask) rows of training data, or None
@@ -85,7 +90,7 @@ class TeacherPairing(Pairing):
     def pairs(self, model, x_data, cond=None, mask=None) -> Pairs:
         if not (self.bank_size or self.focus):   # plain: k teacher evaluations for fresh source draws
             x0 = model.draw_source(x_data, cond, mask).detach()
-            return Pairs(x0, samplers.meanflow(self.teacher, x0, self.steps, cond, mask).x, cond, mask)
+            return Pairs(x0, self.partner(x0, cond, mask), cond, mask)
         b = x_data.shape[0]
         pool = 4 * b if self.focus else b
         n_hard = int(round(self.focus * b))
@@ -104,13 +109,20 @@ class TeacherPairing(Pairing):
             if cond is not None or mask is not None:
                 raise ValueError("focus without a teacher bank needs unconditional, unmasked data")
             x0 = model.draw_source(x_data.new_zeros((pool, *x_data.shape[1:])))
-            p = Pairs(x0, samplers.meanflow(self.teacher, x0, self.steps).x)
+            p = Pairs(x0, self.partner(x0))
         if not self.focus:
             return p
         hard = slice(b - n_hard, None)
         err = one_step_error(model, p.x0[hard], p.y[hard], cond_rows(p.cond, hard), cond_rows(p.mask, hard))
         keep = torch.cat([torch.arange(b - n_hard, device=p.x0.device), err.topk(n_hard).indices + b - n_hard])
         return Pairs(p.x0[keep], p.y[keep], cond_rows(p.cond, keep), cond_rows(p.mask, keep))
+
+    @torch.no_grad()
+    def partner(self, x0: torch.Tensor, cond=None, mask=None) -> torch.Tensor:
+        """T_k(x0), (B, *D): k MeanFlow jumps or k Euler steps of the teacher's instantaneous-velocity ODE."""
+        if self.sampler == "ode":
+            return samplers.flow_matching_ode(self.teacher, x0, self.steps, cond, mask).x
+        return samplers.meanflow(self.teacher, x0, self.steps, cond, mask).x
 
     @torch.no_grad()
     def observe(self, pairs: Pairs, x_hat: torch.Tensor) -> None:
@@ -125,15 +137,15 @@ class TeacherPairing(Pairing):
             gen = torch.Generator(device=like.device).manual_seed(self.bank_seed)
             x0 = model.draw_source(like.new_zeros((self.bank_size, *like.shape[1:])), cond, mask, gen)
             chunks = [slice(i, i + CHUNK) for i in range(0, len(x0), CHUNK)]
-            y = torch.cat([samplers.meanflow(self.teacher, x0[c], self.steps, cond_rows(cond, c),
-                                             cond_rows(mask, c)).x for c in chunks])
+            y = torch.cat([self.partner(x0[c], cond_rows(cond, c), cond_rows(mask, c)) for c in chunks])
             if self.filter_q:
                 keep = data_support_mask(y, self.filter_reference.to(y.device), self.filter_q)
-                if not keep.any():
-                    raise RuntimeError(f"the teacher filter (q = {self.filter_q}) kept none of the {len(y)} bank "
-                                       "pairs: every teacher partner lies off the data. Train stage 1 longer "
-                                       "(rmflow.nll_start_step) or lower rmflow.teacher_filter.")
-                x0, y = x0[keep], y[keep]
+                if keep.any():
+                    x0, y = x0[keep], y[keep]
+                else:   # a teacher that is still far from the data: nothing to filter by, keep the bank whole
+                    warnings.warn(f"the teacher filter (q = {self.filter_q}) would keep none of the {len(y)} bank "
+                                  "pairs (every teacher partner lies off the data); the bank is used unfiltered. "
+                                  "Train stage 1 longer (rmflow.nll_start_step) or set rmflow.teacher_filter=0.")
             self.bank = Pairs(x0, y, cond, mask)
             if self._restored_errors is not None and len(self._restored_errors) == len(x0):
                 self.errors, self._restored_errors = self._restored_errors, None

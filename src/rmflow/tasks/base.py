@@ -121,12 +121,13 @@ def user_network(target: str, **options) -> nn.Module:
 def build_rmflow(net: nn.Module, cfg, space, encoder: nn.Module | None = None,
                  scale_net: nn.Module | None = None, vector_dim: int | None = None) -> RMFlow:
     """Assemble RMFlow from a task's network (and optional condition encoder φ_ω) following cfg.rmflow.
-    vector_dim: D of (B, D) data, for tasks that support the mixture refiner."""
+    vector_dim: D of (B, D) data, for tasks that support the mixture refiner. rmflow.refine 'auto' is the mixture
+    refiner for such data and the fixed scale for any other (molecules, series, images)."""
     rm = cfg.rmflow
     source = GuidedSource(encoder, rm.sigma_c, space) if encoder is not None else GaussianSource(space)
     if rm.refine == "learned":
         refiner = LearnedScale((rm.sigma_min ** 2 - cfg.flow.sigma ** 2) ** 0.5, scale_net)
-    elif rm.refine == "mixture":
+    elif rm.refine == "mixture" or (rm.refine == "auto" and vector_dim is not None):
         if vector_dim is None:
             raise ConfigError(f"config key 'rmflow.refine': 'mixture' needs vector data (B, D); task "
                               f"{cfg.task.name!r} does not support it")

@@ -37,14 +37,15 @@ def build_pairing(cfg: Config, model: nn.Module, task: Task, device: torch.devic
     if rm.pairing == "self":
         return SelfPairing(rm.teacher_steps)
     reference = conditions = None
-    if rm.teacher_filter > 0:   # fixed data samples, each from its own random stream: resume rebuilds the same
-        reference = _fixed_sample(task, rm.filter_reference, cfg.seed + FILTER_SEED).x.to(device)
-    if rm.teacher_bank > 0:
+    if rm.teacher_bank > 0:   # fixed data samples, each from its own random stream: resume rebuilds the same
         sample = _fixed_sample(task, rm.teacher_bank, cfg.seed + BANK_SEED)
         if sample.cond is not None or sample.mask is not None:
             conditions = (to_device(sample.cond, device), to_device(sample.mask, device))
-    return TeacherPairing(model, rm.teacher_steps, bank=rm.teacher_bank, bank_seed=cfg.seed, focus=rm.nll_focus,
-                          stored_errors=rm.focus_errors == "stored", filter_q=rm.teacher_filter,
+    if rm.teacher_filter > 0 and conditions is None:   # the filter compares with unconditional data only
+        reference = _fixed_sample(task, rm.filter_reference, cfg.seed + FILTER_SEED).x.to(device)
+    return TeacherPairing(model, rm.teacher_steps, rm.teacher_sampler, bank=rm.teacher_bank, bank_seed=cfg.seed,
+                          focus=rm.nll_focus, stored_errors=rm.focus_errors == "stored",
+                          filter_q=rm.teacher_filter if reference is not None else 0.0,
                           filter_reference=reference, bank_conditions=conditions)
 
 
@@ -57,7 +58,7 @@ def _fixed_sample(task: Task, n: int, seed: int):
 def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.device) -> RMFlowObjective:
     f, rm, t = cfg.flow, cfg.rmflow, cfg.flow.time
     cmfm = CMFMLoss(TimeSampler(t.dist, t.mean, t.std, t.ratio_neq, t.ratio_one_step), f.adaptive_p, f.adaptive_c,
-                    f.jvp, f.jvp_subset)
+                    f.jvp, f.jvp_subset, f.objective)
     schedule = LikelihoodSchedule(rm.nll_start_step, rm.nll_batch, rm.batch_split)
     return RMFlowObjective(model, cmfm, build_pairing(cfg, model, task, device), f.sigma, rm.sigma_min,
                            rm.lambda_nll, rm.lambda_enc, schedule, f.path_coupling).to(device)

@@ -172,12 +172,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def _lr(self, step: int) -> float:
-        """Linear warm-up over `warmup_steps`, then constant or, with lr_schedule 'cosine', a half cosine
-        lr·(1 + cos(π·(step - s)/(steps - s)))/2 from s = lr_decay_start down to 0 at the last step."""
+        """The learning rate of `step`: linear warm-up over `warmup_steps`, then
+
+        - 'constant': lr;
+        - 'cosine': a half cosine lr·(1 + cos(π·(step - s)/(steps - s)))/2 from s = lr_decay_start to 0 at the end;
+        - 'cosine_stages': the same per stage — warm-up and half cosine over [0, S), then again over [S, steps),
+          S = rmflow.nll_start_step (one cycle when S is 0 or >= steps). Stage 1 ends annealed, so the teacher
+          frozen at S is the stage's best, and the likelihood stage starts with a full learning rate. The restart
+          does not depend on λ1, so a MeanFlow run continued as the equal-steps control sees the same rates."""
         tc = self.cfg.train
-        lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        start, end = 0, tc.steps
+        stage = self.cfg.rmflow.nll_start_step
+        if tc.lr_schedule == "cosine_stages" and 0 < stage < tc.steps:
+            start, end = (0, stage) if step < stage else (stage, tc.steps)
+        k = step - start
+        lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
         if tc.lr_schedule == "cosine" and step >= tc.lr_decay_start:
             lr *= 0.5 * (1 + math.cos(math.pi * (step - tc.lr_decay_start) / (tc.steps - tc.lr_decay_start)))
+        elif tc.lr_schedule == "cosine_stages":
+            lr *= 0.5 * (1 + math.cos(math.pi * k / (end - start)))
         return lr
 
     def start_likelihood_stage(self) -> None:
@@ -228,7 +241,7 @@ class Trainer:
         show = tc.progress and is_main
         bar = tqdm(total=total, initial=self.step, desc=self.cfg.name, disable=not (show and is_interactive()),
                    dynamic_ncols=True, leave=False)
-        board = _tensorboard(self.run_dir) if (tc.tensorboard and log_path) else None
+        board = tensorboard_writer(self.run_dir) if (tc.tensorboard and log_path) else None
         t0 = time.perf_counter()
         with _DeferredInterrupt() as interrupt, board or contextlib.nullcontext():
             while self.step < total:
@@ -266,7 +279,8 @@ class Trainer:
         return self.history
 
 
-def _tensorboard(run_dir: Path):
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter on run_dir/tensorboard (a ConfigError naming train.tensorboard without the package)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -1,4 +1,5 @@
-"""The synthetic benchmark (RMFlow §5.1): 1-D and 2-D mixtures, a checkerboard, a 25-mode grid."""
+"""The synthetic benchmark (RMFlow §5.1 and beyond): 1-D and 2-D mixtures, a checkerboard, a 25-mode grid, curves
+(moons, spirals, pinwheel), and Gaussian mixtures on random 3-D subspaces of D = 16 and 64 and moons in D = 16."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,16 +11,20 @@ from ...flow import EuclideanSpace
 from ...nets import MLP
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task, user_network
 from .data import DATASETS, make_dataset
-from .metrics import sample_metrics
+from .metrics import METRIC_FORMAT, sample_metrics
 from .plots import plot_panels
 
 
 @dataclass
 class SyntheticData:
+    """A target of data.DATASETS: ring8, mog1d (1-D), checkerboard, grid25, six, moons, spirals, pinwheel (2-D),
+    subspace16, subspace64 (8 Gaussians on a cube in a random 3-D subspace of D = 16, 64) and moons16 (moons in
+    D = 16); data.py gives their exact parameters, metrics.py the metrics."""
+
     name: str = "synthetic"
     dataset: str = "ring8"
     bin_width: float = 0.2          # TV histogram cell size
-    num_ot: int = 2000              # samples used for W2 and MMD
+    num_ot: int = 2000              # samples used for W2, energy distance and MMD
 
     def validate(self, key: str) -> None:
         check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {DATASETS}")
@@ -44,7 +49,10 @@ class SyntheticModel:
 
 
 class SyntheticTask(Task):
-    """Infinite training data drawn from the true density; evaluation against a fresh held-out draw."""
+    """Infinite training data drawn from the true density; evaluation against a fresh held-out draw (metrics.py);
+    figures of the density's 2-D view (`project`) for D > 2."""
+
+    metric_format = METRIC_FORMAT        # table columns of `rmflow compare`
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -70,7 +78,8 @@ class SyntheticTask(Task):
         return sample_metrics(samples, reference.x, self.density, t.num_ot, t.bin_width)
 
     def plot(self, panels, reference, path):
-        plot_panels({"data": reference.x, **panels}, path)
+        views = {"data": reference.x, **panels}
+        plot_panels({title: self.density.project(x) for title, x in views.items()}, path)
 
 
 SPEC = register_task(TaskSpec("synthetic", SyntheticData, SyntheticModel, SyntheticTask))

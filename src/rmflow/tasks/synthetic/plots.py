@@ -11,8 +11,12 @@ import torch  # noqa: E402
 
 def plot_panels(panels: dict[str, torch.Tensor], path, bound: float = 6.0, bins: int = 120,
                 max_points: int = 20000, per_row: int = 5) -> None:
-    """panels: title -> samples (N, 1 or 2). 2-D: 2-D histograms on a log colour scale (so that the mass between
-    modes shows); 1-D: density histograms. At most `per_row` panels a row."""
+    """panels: title -> samples (N, 1 or 2); project samples of D > 2 first (the density's `project`). 2-D: 2-D
+    histograms on a log colour scale (so that the mass between modes shows); 1-D: density histograms. At most
+    `per_row` panels a row."""
+    wide = [title for title, x in panels.items() if x.shape[1] > 2]
+    if wide:
+        raise ValueError(f"plot_panels draws 1-D or 2-D samples; project these first: {wide}")
     n = len(panels)
     cols = min(n, per_row)
     rows = (n + cols - 1) // cols

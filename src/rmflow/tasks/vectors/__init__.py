@@ -16,7 +16,6 @@ score against this held-out set, and its memo_share 1 and memo_ratio 0 are what 
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
@@ -103,27 +102,12 @@ class VectorsTask(Task):
 
     def build_model(self):
         """RMFlow with an MLP on D = number of columns; `model.units` holds the standardisation (buffers)."""
-        self._check_filter()
         m = self.cfg.model
         net = (user_network(m.target, dim=self.dim, **m.options) if m.target else
                MLP(self.dim, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, time_embed=m.time_embed))
         model = build_rmflow(net, self.cfg, self.space, vector_dim=self.dim)
         model.units = DataUnits(self.data.mean, self.data.std)
         return model
-
-    def _check_filter(self) -> None:
-        """The teacher filter's threshold is a quantile q of the data's own leave-one-out nearest-neighbour distances
-        over filter_reference rows drawn (with replacement) from the T training rows; when a share ≥ q of them
-        repeats another draw (≈ 1 − exp(−n/T)), that threshold is 0 and the filter rejects every teacher pair."""
-        rm, n, t = self.cfg.rmflow, self.cfg.rmflow.filter_reference, len(self.data.train)
-        if rm.lambda_nll <= 0 or rm.teacher_filter <= 0:
-            return
-        repeats = 1 - math.exp(-(n - 1) / t)
-        check(repeats < rm.teacher_filter, "rmflow.teacher_filter",
-              f"measures the data's nearest-neighbour distances over rmflow.filter_reference={n} rows drawn with "
-              f"replacement from {t} training rows; {repeats:.0%} of them repeat a row (distance 0), so the filter "
-              f"would reject every teacher pair: set rmflow.teacher_filter=0, or rmflow.filter_reference < "
-              f"{max(2, int(-t * math.log(1 - rm.teacher_filter) / 2))}")
 
     def batch(self, batch_size: int) -> Batch:
         """batch_size training rows (B, D), drawn with replacement with torch's global RNG."""

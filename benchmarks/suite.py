@@ -1,0 +1,443 @@
+#!/usr/bin/env python
+"""The density suite: RMFlow 1-NFE against MeanFlow and flow matching on many targets, with one default.
+
+    python benchmarks/suite.py run --targets ring8 checkerboard moons --seeds 0 1 2 --out runs/suite [key=value ...]
+    python benchmarks/suite.py report runs/suite --md docs/results/suite.md --figures docs/figures
+
+Every (target, seed) trains from the library's code defaults; only the data (`task.dataset`) differs between
+targets, and `key=value` overrides (the same for every target) exist to explore candidate defaults on the
+development subset. Three runs share the seed:
+
+- `rmflow`:  stage 1 (MeanFlow) to rmflow.nll_start_step = S, then the likelihood stage to train.steps = S + T;
+- `control`: the same stage-1 model continued as MeanFlow (λ1 = 0) for the same T steps: the equal-steps control,
+  and the MeanFlow baseline at the same budget (MF-1, MF-8, MF-32);
+- `fm`:      flow matching (flow.time.ratio_neq = 0, λ1 = 0) for S + T steps: the 100-step ODE baseline (FM-100).
+
+Learning curves: held-out metrics at `--points` evenly spaced steps of stage 1 (MF-1 / MF-8 / the stage-1 model's
+own ODE, and FM-100 of the `fm` run) and at two steps of stage 2 (RMF-1; control MF-1 / MF-8). Held-out
+log-likelihood at the end, on the first `--ll-points` reference points: RMF-1 and the control's MF-1 under the same
+Gaussian channel s = σ_min (one_step_log_likelihood, inverse proposal), FM-100 by the ODE's change of variables
+(exact divergence up to D = 16, Hutchinson above), and the true density's own mean log p(y) (the ceiling).
+
+Writes <out>/<target>/s<seed>.json; the run folders (checkpoints) live beside it and are not results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rmflow.config import apply_overrides, build_config, to_dict
+from rmflow.evaluate import evaluate_samplers
+from rmflow.flow.likelihood import flow_matching_log_likelihood, one_step_log_likelihood
+from rmflow.train import Trainer
+
+DEV = ("ring8", "checkerboard", "moons")
+HELD_OUT = ("grid25", "six", "spirals", "pinwheel", "mog1d", "subspace16", "subspace64", "moons16")
+NETWORK = {"hidden": 256, "depth": 3}          # one size for every target
+METHODS = {"control": {"rmflow.lambda_nll": 0.0},
+           "fm": {"rmflow.lambda_nll": 0.0, "flow.time.ratio_neq": 0.0},
+           "imf": {"rmflow.lambda_nll": 0.0, "flow.objective": "imf"}}
+KEYS = ("tv_half", "w2", "sliced_w2", "energy", "mmd", "log_density", "off_mode", "mode_err")
+
+
+def target_config(target: str, seed: int, out: Path, overrides: list[str], method: str = "rmflow"):
+    data = {"name": f"{target}/s{seed}/{method}", "seed": seed, "out_dir": str(out),
+            "task": {"name": "synthetic", "dataset": target}, "model": dict(NETWORK),
+            "train": {"progress": False, "num_threads": 1}}
+    apply_overrides(data, list(overrides))
+    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in METHODS.get(method, {}).items()])
+    return build_config(data)
+
+
+def _rows(trainer, reference, samplers, seed):
+    model = trainer.ema.shadow
+    rows, _ = evaluate_samplers(trainer.task, model, reference, samplers, seed)
+    keep = ("sampler", "nfe", *KEYS)
+    return [{k: r[k] for k in keep if k in r} | {"step": trainer.step} for r in rows]
+
+
+def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int, ll_points: int, log,
+            variants: list[tuple[str, list[str]]] = (), with_imf: bool = False) -> dict:
+    cfg = target_config(target, seed, out, overrides)
+    S, total = cfg.rmflow.nll_start_step, cfg.train.steps
+    if not (0 < S < total and cfg.rmflow.lambda_nll > 0):
+        raise SystemExit("the suite needs a two-stage default: 0 < rmflow.nll_start_step < train.steps, λ1 > 0")
+    torch.manual_seed(seed)
+    rm = Trainer(cfg, cfg.run_dir)
+    reference = rm.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+    stage1 = [round(S * (i + 1) / points) for i in range(points)]
+    stage2 = [S + (total - S) // 2, total]
+    curves, seconds, t0 = [], {}, time.perf_counter()
+    for step in stage1:
+        rm.train(step)
+        curves += [r | {"method": "meanflow"} for r in _rows(rm, reference, ["meanflow@1", "meanflow@8", "fm@100"],
+                                                             seed)]
+        log(f"[{target} s{seed}] stage 1 step {step}: " + _brief(curves[-3:]))
+    seconds["stage1"] = time.perf_counter() - t0
+    start = rm.save(tag="stage1")   # kept whatever the retention of step checkpoints: later variants start here
+
+    ctl_cfg = target_config(target, seed, out, overrides, "control")
+    ctl = Trainer(ctl_cfg, ctl_cfg.run_dir, task=rm.task)
+    ctl.load(start, warm_start=True)
+    t0 = time.perf_counter()
+    for step in stage2:
+        ctl.train(step)
+        curves += [r | {"method": "control"} for r in _rows(ctl, reference, ["meanflow@1", "meanflow@8"], seed)]
+    seconds["control"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for step in stage2:
+        rm.train(step)
+        curves += [r | {"method": "rmflow"} for r in _rows(rm, reference, ["rmflow"], seed)]
+        log(f"[{target} s{seed}] stage 2 step {step}: " + _brief(curves[-1:]))
+    seconds["stage2"] = time.perf_counter() - t0
+    for name, extra in variants:
+        curves += run_variant(target, seed, out, overrides, name, extra, start, rm.task, reference, log)[0]
+
+    fm_cfg = target_config(target, seed, out, overrides, "fm")
+    fm = Trainer(fm_cfg, fm_cfg.run_dir, task=rm.task)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    for step in [*stage1, *stage2]:
+        fm.train(step)
+        curves += [r | {"method": "fm"} for r in _rows(fm, reference, ["fm@100"], seed)]
+    log(f"[{target} s{seed}] fm: " + _brief(curves[-1:]))
+    seconds["fm"] = time.perf_counter() - t0
+
+    imf = None
+    if with_imf:   # improved MeanFlow (arXiv 2512.02012), trained as long as the others
+        imf_cfg = target_config(target, seed, out, overrides, "imf")
+        imf = Trainer(imf_cfg, imf_cfg.run_dir, task=rm.task)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        imf.train()
+        seconds["imf"] = time.perf_counter() - t0
+
+    final = ([r | {"method": "rmflow"} for r in _rows(rm, reference, ["rmflow"], seed)]
+             + [r | {"method": "control"} for r in _rows(ctl, reference, ["meanflow@1", "meanflow@8", "meanflow@32"],
+                                                         seed)]
+             + [r | {"method": "stage1"} for r in curves if r["method"] == "meanflow" and r["step"] == S
+                and r["sampler"] == "meanflow@1"]
+             + [r | {"method": "fm"} for r in _rows(fm, reference, ["fm@100"], seed)]
+             + ([r | {"method": "imf"} for r in _rows(imf, reference, ["meanflow@1", "meanflow@2", "meanflow@8"],
+                                                      seed)] if imf else []))
+    second = rm.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x
+    data = {"method": "data", "sampler": "data", **{k: v for k, v in rm.task.evaluate(second, reference).items()
+                                                    if k in KEYS}}
+    t0 = time.perf_counter()
+    ll = likelihoods(rm, ctl, fm, reference.x[:ll_points], cfg, seed)
+    seconds["likelihood"] = time.perf_counter() - t0
+    log(f"[{target} s{seed}] log-lik " + " ".join(f"{k}={v[0]:.3f}±{v[1]:.3f}" for k, v in ll.items()))
+    return {"target": target, "seed": seed, "S": S, "steps": total, "overrides": list(overrides),
+            "config": to_dict(cfg), "curves": curves, "final": final, "data": data, "likelihood": ll,
+            "seconds": seconds}
+
+
+def run_variant(target, seed, out, overrides, name, extra, start, task, reference, log) -> list[dict]:
+    """Another likelihood stage (`extra` config keys) from the stage-1 checkpoint `start`: its final rows."""
+    cfg = target_config(target, seed, out, [*overrides, *extra], f"rmflow-{name}")
+    v = Trainer(cfg, cfg.run_dir, task=task)
+    v.load(start, warm_start=True)
+    v.train()
+    rows = [r | {"method": f"rmflow:{name}"} for r in _rows(v, reference, ["rmflow"], seed)]
+    log(f"[{target} s{seed}] variant {name}: " + _brief(rows))
+    return rows, v
+
+
+def add_variants(root: Path, targets, seeds, variants, log, ll_points: int = 1000) -> None:
+    """Run likelihood-stage variants on finished results (their stage-1 checkpoints) and add them to the JSON."""
+    torch.set_num_threads(1)
+    for target in targets:
+        for seed in seeds:
+            path = root / target / f"s{seed}.json"
+            if not path.exists():
+                continue
+            result = json.loads(path.read_text())
+            base = [o for o in result["overrides"]]
+            ckpt = root / target / f"s{seed}" / "rmflow" / "checkpoints"
+            start = ckpt / "stage1.json"
+            if not start.exists():
+                start = ckpt / f"step_{result['S']:08d}.json"
+            cfg = target_config(target, seed, root, base)
+            trainer = Trainer(cfg)
+            reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+            for name, extra in variants:
+                result["curves"] = [c for c in result["curves"] if c["method"] != f"rmflow:{name}"]
+                rows, model = run_variant(target, seed, root, base, name, extra, start, trainer.task, reference, log)
+                result["curves"] += rows
+                if name == "default":   # the new default's held-out log-likelihood replaces the old one's
+                    r = one_step_log_likelihood(model.ema.shadow.eval(), reference.x[:ll_points], num_draws=512,
+                                                generator=torch.Generator().manual_seed(30_000 + seed),
+                                                proposal="inverse")
+                    result["likelihood"]["rmf1"] = (r.mean, r.stderr)
+                    result["default_rerun"] = extra or "code defaults at the time of the rerun"
+                path.write_text(json.dumps(result, indent=1))
+
+
+@torch.no_grad()
+def likelihoods(rm, ctl, fm, y, cfg, seed) -> dict[str, tuple[float, float]]:
+    """Mean held-out log-likelihood ± its standard error per model (see the module docstring)."""
+    gen = lambda: torch.Generator().manual_seed(30_000 + seed)   # noqa: E731
+    s = math.sqrt(cfg.rmflow.sigma_min ** 2 - cfg.flow.sigma ** 2)
+    out = {}
+    r = one_step_log_likelihood(rm.ema.shadow.eval(), y, num_draws=512, generator=gen(), proposal="inverse")
+    out["rmf1"] = (r.mean, r.stderr)
+    r = one_step_log_likelihood(ctl.ema.shadow.eval(), y, num_draws=512, generator=gen(), proposal="inverse",
+                                scale=s)
+    out["mf1"] = (r.mean, r.stderr)
+    d = y.shape[1]
+    with torch.enable_grad():
+        lp = flow_matching_log_likelihood(fm.ema.shadow.eval(), y, steps=32,
+                                          divergence="exact" if d <= 16 else "hutchinson", probes=4,
+                                          generator=gen())
+    out["fm100"] = (float(lp.mean()), float(lp.std() / math.sqrt(len(lp))))
+    true = rm.task.density.log_prob(y)
+    out["true"] = (float(true.mean()), float(true.std() / math.sqrt(len(true))))
+    return out
+
+
+def _brief(rows) -> str:
+    return "  ".join(f"{r['sampler']}: tv½ {r.get('tv_half', float('nan')):.3f} w2 {r.get('w2', float('nan')):.3f}"
+                     f" off {r.get('off_mode', float('nan')):.3f}" for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+ROWS = {"RMF-1": ("rmflow", "rmflow"), "RMF-1 lean step": ("rmflow:lean", "rmflow"),
+        "RMF-1 MF-8 teacher": ("rmflow:mf8", "rmflow"), "MF-1 (stage 1)": ("stage1", "meanflow@1"),
+        "control MF-1": ("control", "meanflow@1"), "MF-8": ("control", "meanflow@8"),
+        "MF-32": ("control", "meanflow@32"), "FM-100": ("fm", "fm@100"), "iMF-1": ("imf", "meanflow@1"),
+        "iMF-2": ("imf", "meanflow@2"), "iMF-8": ("imf", "meanflow@8")}
+LOWER_IS_BETTER = {"tv_half": True, "w2": True, "sliced_w2": True, "energy": True, "mmd": True,
+                   "log_density": False, "off_mode": True, "mode_err": True}
+
+
+def load_results(root: Path) -> dict[str, list[dict]]:
+    by_target: dict[str, list[dict]] = {}
+    for f in sorted(root.glob("*/s*.json")):
+        r = json.loads(f.read_text())
+        by_target.setdefault(r["target"], []).append(r)
+    return by_target
+
+
+def _final_rows(r: dict) -> list[dict]:
+    """A result's end-of-training rows: `final`, plus the variants' last rows (they live in `curves`). A variant
+    named `default` (the library's default re-run from the same stage-1 checkpoint after it changed: `variants
+    ROOT --variant default:`) replaces the `rmflow` row."""
+    variants = [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]]
+    if any(v["method"] == "rmflow:default" for v in variants):
+        rows = [row for row in r["final"] if row["method"] != "rmflow"]
+        return rows + [v | {"method": "rmflow"} if v["method"] == "rmflow:default" else v for v in variants]
+    return r["final"] + variants
+
+
+def _values(results, label, key):
+    method, sampler = ROWS[label]
+    vals = [row[key] for r in results for row in _final_rows(r)
+            if row["method"] == method and row["sampler"] == sampler and key in row]
+    return np.array([v for v in vals if v is not None and math.isfinite(v)])
+
+
+def verdict(a: np.ndarray, b: np.ndarray, lower: bool) -> str:
+    """'win' / 'tie' / 'loss' of a against b: a tie when the mean difference is within two standard errors of
+    the difference (sample stds over seeds)."""
+    if len(a) == 0 or len(b) == 0:
+        return "–"
+    diff = a.mean() - b.mean()
+    se = math.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0))
+    if abs(diff) <= 2 * se:
+        return "tie"
+    return "win" if (diff < 0) == lower else "loss"
+
+
+def report(root: Path, md: Path | None, figures: Path | None) -> str:
+    res = load_results(root)
+    lines = []
+    metrics = [k for k in KEYS]
+    for target, results in res.items():
+        seeds = sorted(r["seed"] for r in results)
+        lines += [f"### {target} ({len(seeds)} seeds; stage 1 {results[0]['S']} + stage 2 "
+                  f"{results[0]['steps'] - results[0]['S']} steps)", "",
+                  "| sampler | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for label in ROWS:
+            cells = []
+            for k in metrics:
+                v = _values(results, label, k)
+                cells.append(f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else 0:.2g}" if len(v) else "–")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        data = [r["data"] for r in results]
+        lines.append("| data floor | " + " | ".join(
+            f"{np.mean([d[k] for d in data if k in d]):.4g}" if any(k in d for d in data) else "–" for k in metrics)
+            + " |")
+        ll = {k: np.array([r["likelihood"][k][0] for r in results]) for k in results[0]["likelihood"]}
+        lines += ["", "held-out log-likelihood (mean over seeds ± std): " + ", ".join(
+            f"{k} {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for k, v in ll.items()), ""]
+    summary = summary_table(res)
+    text = "\n".join(["## Summary: RMF-1 against each baseline (win / tie / loss per metric)", "", summary, "",
+                      "## Per target", "", *lines])
+    if md:
+        md.write_text(text + "\n")
+    if figures:
+        figures.mkdir(parents=True, exist_ok=True)
+        plot_curves(res, figures / "suite-curves.png")
+        plot_samples(root, list(res), figures / "suite-samples.png")
+    return text
+
+
+def summary_table(res) -> str:
+    """Rows = targets. Per baseline, RMF-1's wins / ties / losses over the metrics (a tie: within two standard
+    errors of the difference over seeds; with one seed the point estimates decide); RMF-1's TV½ and W2 as
+    multiples of FM-100's; held-out log-likelihood of RMF-1 minus MF-1's (same channel); and the baselines'
+    plateau check: FM-100's TV½ as a multiple of the data floor and its largest mode-share error."""
+    against = ["control MF-1", "MF-8", "FM-100"]
+    head = ("| target | seeds | " + " | ".join(f"vs {a} (w/t/l)" for a in against)
+            + " | TV½ ÷ FM | W2 ÷ FM | Δ log-lik (RMF-1 − MF-1) | FM TV½ ÷ floor | FM mode err |")
+    lines = [head, "|---|---|" + "---|" * (len(against) + 5)]
+    for target, results in res.items():
+        cells = [str(len(results))]
+        for a in against:
+            v = [verdict(_values(results, "RMF-1", k), _values(results, a, k), LOWER_IS_BETTER[k]) for k in KEYS]
+            v = [x for x in v if x != "–"]
+            cells.append(f"{v.count('win')}/{v.count('tie')}/{v.count('loss')}")
+        for k in ("tv_half", "w2"):
+            cells.append(f"{_values(results, 'RMF-1', k).mean() / _values(results, 'FM-100', k).mean():.2f}")
+        d = np.array([r["likelihood"]["rmf1"][0] - r["likelihood"]["mf1"][0] for r in results])
+        cells.append(f"{d.mean():+.2f}")
+        floor = np.mean([r["data"]["tv_half"] for r in results])
+        cells.append(f"{_values(results, 'FM-100', 'tv_half').mean() / floor:.2f}")
+        cells.append(f"{_values(results, 'FM-100', 'mode_err').mean():.3f}")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(res, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    targets = list(res)
+    fig, axes = plt.subplots(2, len(targets), figsize=(3.2 * len(targets), 5.6), squeeze=False)
+    series = {"MF-1": ("meanflow", "meanflow@1"), "MF-8": ("meanflow", "meanflow@8"),
+              "ODE of MF model": ("meanflow", "fm@100"), "FM-100": ("fm", "fm@100"), "RMF-1": ("rmflow", "rmflow"),
+              "control MF-1": ("control", "meanflow@1"), "control MF-8": ("control", "meanflow@8")}
+    for j, target in enumerate(targets):
+        r0 = min(res[target], key=lambda r: r["seed"])
+        for i, key in enumerate(("sliced_w2", "off_mode")):
+            ax = axes[i, j]
+            for name, (m, s) in series.items():
+                pts = sorted((c["step"], c[key]) for c in r0["curves"] if c["method"] == m and c["sampler"] == s
+                             and key in c)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+            ax.axhline(r0["data"].get(key, float("nan")), color="k", ls=":", lw=1, label="data floor")
+            ax.axvline(r0["S"], color="grey", lw=0.5)
+            ax.set_yscale("log")
+            ax.set_title(f"{target}: {key}", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _parse_variants(specs) -> list[tuple[str, list[str]]]:
+    return [(v.partition(":")[0], [k for k in v.partition(":")[2].split(",") if k]) for v in specs]
+
+
+@torch.no_grad()
+def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed: int = 0) -> None:
+    """One row per target (seed 0; 2-D projections for D > 2): the data, then RMF-1, the control's MF-1 and MF-8,
+    and FM-100, as 2-D histograms on a log colour scale (1-D: density histograms)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from rmflow.evaluate import draw_samples
+    from rmflow.train import load_run
+    columns = {"data": None, "RMF-1": ("rmflow", "rmflow"), "MF-1": ("control", "meanflow@1"),
+               "MF-8": ("control", "meanflow@8"), "FM-100": ("fm", "fm@100")}
+    fig, axes = plt.subplots(len(targets), len(columns), figsize=(2.2 * len(columns), 2.2 * len(targets)),
+                             squeeze=False)
+    for i, target in enumerate(targets):
+        run = root / target / f"s{seed}"
+        default = run / "rmflow-default"
+        for j, (title, spec) in enumerate(columns.items()):
+            ax = axes[i, j]
+            if spec is None:
+                model, task, _ = load_run(run / "fm")
+                reference = task.reference(n, seed=10_000 + seed)
+                x = reference.x
+            else:
+                folder = default if spec[0] == "rmflow" and default.exists() else run / spec[0]
+                model, task, _ = load_run(folder)
+                x = draw_samples(model, reference, spec[1], seed)[0]
+            x = task.density.project(x).numpy()
+            if x.shape[1] == 2:
+                ax.hist2d(x[:, 0], x[:, 1], bins=100, range=[[-6, 6], [-6, 6]], cmap="magma", norm=LogNorm(vmin=1))
+                ax.set_aspect("equal")
+            else:
+                ax.hist(x[:, 0], bins=100, range=(-6, 6), density=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(target, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--out", type=Path, default=Path("runs/suite"))
+    r.add_argument("--points", type=int, default=4,
+                   help="evaluations in stage 1 for --curve-seed (stage 2 adds two); other seeds: stage ends only")
+    r.add_argument("--curve-seed", type=int, default=0)
+    r.add_argument("--ll-points", type=int, default=1000)
+    r.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="another likelihood stage from the same stage-1 checkpoint (choosing the default)")
+    r.add_argument("--imf", action="store_true", help="also train the improved-MeanFlow baseline (iMF 1/2/8-NFE)")
+    r.add_argument("overrides", nargs="*", help="key=value, applied to every target (exploration only)")
+    v = sub.add_parser("variants", help="add likelihood-stage variants to finished results")
+    v.add_argument("root", type=Path)
+    v.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
+    v.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    v.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
+    q = sub.add_parser("report")
+    q.add_argument("root", type=Path)
+    q.add_argument("--md", type=Path)
+    q.add_argument("--figures", type=Path)
+    a = p.parse_args(argv)
+    if a.cmd == "report":
+        print(report(a.root, a.md, a.figures))
+        return
+    if a.cmd == "variants":
+        add_variants(a.root, a.targets, a.seeds, _parse_variants(a.variant), lambda m: print(m, flush=True))
+        return
+    torch.set_num_threads(1)
+    for target in a.targets:
+        for seed in a.seeds:
+            path = a.out / target / f"s{seed}.json"
+            if path.exists():
+                print(f"[{target} s{seed}] done already: {path}", flush=True)
+                continue
+            variants = _parse_variants(a.variant)
+            points = a.points if seed == a.curve_seed else 1
+            result = run_one(target, seed, a.out, a.overrides, points, a.ll_points,
+                             lambda m: print(m, flush=True), variants, a.imf)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
