@@ -320,14 +320,14 @@ def plot_curves(res, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     targets = list(res)
-    fig, axes = plt.subplots(2, len(targets), figsize=(3.2 * len(targets), 5.6), squeeze=False)
+    fig, axes = plt.subplots(len(targets), 2, figsize=(8.0, 2.4 * len(targets)), squeeze=False)
     series = {"MF-1": ("meanflow", "meanflow@1"), "MF-8": ("meanflow", "meanflow@8"),
               "ODE of MF model": ("meanflow", "fm@100"), "FM-100": ("fm", "fm@100"), "RMF-1": ("rmflow", "rmflow"),
               "control MF-1": ("control", "meanflow@1"), "control MF-8": ("control", "meanflow@8")}
     for j, target in enumerate(targets):
         r0 = min(res[target], key=lambda r: r["seed"])
         for i, key in enumerate(("sliced_w2", "off_mode")):
-            ax = axes[i, j]
+            ax = axes[j, i]
             for name, (m, s) in series.items():
                 pts = sorted((c["step"], c[key]) for c in r0["curves"] if c["method"] == m and c["sampler"] == s
                              and key in c)
@@ -338,7 +338,7 @@ def plot_curves(res, path: Path) -> None:
             ax.set_yscale("log")
             ax.set_title(f"{target}: {key}", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
-    axes[0, -1].legend(fontsize=6)
+    axes[0, 0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -8,7 +8,7 @@ from torch import nn
 from rmflow.config import ConfigError, load_config
 from rmflow.flow import (CMFMLoss, FixedScale, GaussianSource, GuidedSource, IndependentPairing, InversePairing,
                          LearnedScale, LikelihoodSchedule, MinibatchOTPairing, Pairs, RMFlow, RMFlowObjective,
-                         SelfPairing, TeacherPairing, TimeSampler, flow_matching_ode, meanflow,
+                         SelfPairing, TeacherPairing, TimeSampler, flow_matching_ode,
                          minibatch_ot_permutation, scale_nll, transport_cost)
 from rmflow.nets import MLP
 
