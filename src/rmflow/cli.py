@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the config's methods")
     p.add_argument("--train-only", action="store_true",
                    help="train the methods, score nothing (a later `rmflow compare` evaluates them)")
-    p = sub.add_parser("train", help="train one model (the preset's headline RMFlow)", formatter_class=fmt,
+    p = sub.add_parser("train", help="train one model: the RMFlow of the preset's top level (the library's "
+                       "defaults for synthetic and vector data)", formatter_class=fmt,
                        epilog=TRAIN_HELP)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
