@@ -258,7 +258,7 @@ def verdict(a: np.ndarray, b: np.ndarray, lower: bool) -> str:
 def report(root: Path, md: Path | None, figures: Path | None) -> str:
     res = load_results(root)
     lines = []
-    metrics = [k for k in KEYS]
+    metrics = KEYS
     for target, results in res.items():
         seeds = sorted(r["seed"] for r in results)
         lines += [f"### {target} ({len(seeds)} seeds; stage 1 {results[0]['S']} + stage 2 "
@@ -355,9 +355,9 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
 
     from rmflow.evaluate import draw_samples
+    from rmflow.tasks.synthetic.plots import draw_panel
     from rmflow.train import load_run
     columns = {"data": None, "RMF-1": ("rmflow", "rmflow"), "MF-1": ("control", "meanflow@1"),
                "MF-8": ("control", "meanflow@8"), "FM-100": ("fm", "fm@100")}
@@ -376,14 +376,8 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
                 folder = default if spec[0] == "rmflow" and default.exists() else run / spec[0]
                 model, task, _ = load_run(folder)
                 x = draw_samples(model, reference, spec[1], seed)[0]
-            x = task.density.project(x).numpy()
-            if x.shape[1] == 2:
-                ax.hist2d(x[:, 0], x[:, 1], bins=100, range=[[-6, 6], [-6, 6]], cmap="magma", norm=LogNorm(vmin=1))
-                ax.set_aspect("equal")
-            else:
-                ax.hist(x[:, 0], bins=100, range=(-6, 6), density=True)
+            draw_panel(ax, task.density.project(x).numpy(), bins=100)
             ax.set_xticks([])
-            ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
             if j == 0:

@@ -176,7 +176,7 @@ def _load_run(run_dir: str):
 def _evaluate(args) -> None:
     from .config import check_samplers
     from .evaluate import evaluate_samplers, log_to_tensorboard
-    from .train.checkpoint import latest_checkpoint
+    from .train.checkpoint import checkpoint_step, latest_checkpoint
     from .train.rundir import atomic_write_text
     check_samplers(args.samplers or [])
     model, task, cfg = _load_run(args.run_dir)
@@ -188,7 +188,7 @@ def _evaluate(args) -> None:
     atomic_write_text(Path(args.run_dir) / "eval.json", text)
     newest = latest_checkpoint(Path(args.run_dir) / "checkpoints")
     if cfg.train.tensorboard and newest is not None:   # a run folder that logs to TensorBoard: the samples too
-        log_to_tensorboard(args.run_dir, int(newest.stem.split("_")[1]), rows, panels, task, reference)
+        log_to_tensorboard(args.run_dir, checkpoint_step(newest), rows, panels, task, reference)
 
 
 def _sample(args) -> None:

@@ -29,14 +29,13 @@ import numpy as np
 
 from .config import ConfigError, MethodSpec, apply_overrides, build_config, to_dict
 from .evaluate import draw_samples, evaluate_samplers, log_to_tensorboard
+# Table columns: metric key -> (header, format). A task may set its own `metric_format` attribute in this form;
+# without one, the synthetic task's columns.
+from .tasks.synthetic.metrics import METRIC_FORMAT as METRIC_COLUMNS
 from .train import latest_checkpoint
+from .train.checkpoint import checkpoint_step
 from .train.lora import trainer_class
 from .train.rundir import RunLock
-
-# Table columns: metric key -> (header, format). A task may set its own `metric_format` attribute in this form.
-METRIC_COLUMNS = {"tv": ("TV ∫\\|p−q\\| ∈[0,2]", ".3f"), "tv_half": ("TV ½∫\\|p−q\\|", ".3f"), "w2": ("W2", ".3f"),
-                  "mmd": ("MMD²", ".4f"), "log_density": ("mean log-density", ".2f"),
-                  "off_mode": ("off-mode share", ".4f")}
 
 
 def task_columns(task) -> dict:
@@ -161,7 +160,7 @@ def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, l
         src = spec.start_from
         src_steps = method_config(base, src, root_cfg.compare[src], seed, overrides).train.steps
         start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
-        if start is None or int(start.stem.split("_")[1]) != src_steps:
+        if start is None or checkpoint_step(start) != src_steps:
             raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
                               f"its {src_steps} steps; train it first (list it before {method!r})")
         if src_steps >= cfg.train.steps:

@@ -117,6 +117,14 @@ def _checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step in a checkpoint's name, step_<digits>.json (ValueError for any other name)."""
+    m = _STEP_NAME.fullmatch(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not named step_<digits>.json")
+    return int(m.group(1))
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete checkpoint (by step) in a directory, or None. Files not named step_<digits>.json
     (step_final.json, notes.json, ...) are ignored. The checkpoint is not verified: see latest_good_checkpoint."""

@@ -25,16 +25,21 @@ def plot_panels(panels: dict[str, torch.Tensor], path, bound: float = 6.0, bins:
         ax.axis("off")
     for ax, (title, x) in zip(axes.flat, panels.items()):
         x = x[:max_points].detach().cpu().numpy()
-        if x.shape[1] == 2:
-            ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-bound, bound], [-bound, bound]], cmap="magma",
-                      norm=LogNorm(vmin=1))
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        else:
-            ax.hist(x[:, 0], bins=bins, range=(-bound, bound), density=True, color="tab:blue")
-            ax.set_yticks([])
+        draw_panel(ax, x, bound, bins)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def draw_panel(ax, x, bound: float = 6.0, bins: int = 120) -> None:
+    """Samples x (N, 1 or 2; array or tensor) on one axis: a 2-D histogram on a log colour scale, or a 1-D density
+    histogram, over [-bound, bound]^D, without ticks."""
+    if x.shape[1] == 2:
+        ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-bound, bound], [-bound, bound]], cmap="magma",
+                  norm=LogNorm(vmin=1))
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+    else:
+        ax.hist(x[:, 0], bins=bins, range=(-bound, bound), density=True, color="tab:blue")
+    ax.set_yticks([])
