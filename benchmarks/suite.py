@@ -2,6 +2,7 @@
 """The density suite: RMFlow 1-NFE against MeanFlow and flow matching on many targets, with one default.
 
     python benchmarks/suite.py run --targets ring8 checkerboard moons --seeds 0 1 2 --out runs/suite [key=value ...]
+    python benchmarks/suite.py stage2 runs/suite [--targets ...] [--seeds ...]   # after a change to stage 2 only
     python benchmarks/suite.py report runs/suite --md docs/results/suite.md --figures docs/figures
 
 Every (target, seed) trains from the library's code defaults; only the data (`task.dataset`) differs between
@@ -73,7 +74,6 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
     rm = Trainer(cfg, cfg.run_dir)
     reference = rm.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
     stage1 = [round(S * (i + 1) / points) for i in range(points)]
-    stage2 = [S + (total - S) // 2, total]
     curves, seconds, t0 = [], {}, time.perf_counter()
     for step in stage1:
         rm.train(step)
@@ -81,16 +81,62 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
                                                              seed)]
         log(f"[{target} s{seed}] stage 1 step {step}: " + _brief(curves[-3:]))
     seconds["stage1"] = time.perf_counter() - t0
-    start = rm.save(tag="stage1")   # kept whatever the retention of step checkpoints: later variants start here
+    rm.save(tag="stage1")   # kept whatever the retention of step checkpoints: stage 2 and its variants start here
+    fm_cfg = target_config(target, seed, out, overrides, "fm")
+    fm = Trainer(fm_cfg, fm_cfg.run_dir, task=rm.task)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    for step in stage1:
+        fm.train(step)
+        curves += [r | {"method": "fm"} for r in _rows(fm, reference, ["fm@100"], seed)]
+    fm.save(tag="stage1")
+    seconds["fm_stage1"] = time.perf_counter() - t0
+    if with_imf:   # improved MeanFlow (arXiv 2512.02012), trained as long as the others
+        imf_cfg = target_config(target, seed, out, overrides, "imf")
+        imf = Trainer(imf_cfg, imf_cfg.run_dir, task=rm.task)
+        torch.manual_seed(seed)
+        imf.train(S)
+        imf.save(tag="stage1")
+    result = {"target": target, "seed": seed, "S": S, "steps": total, "overrides": list(overrides),
+              "config": to_dict(cfg), "curves": curves, "seconds": seconds, "ll_points": ll_points}
+    return finish(result, out, log, variants, rm.task, reference)
 
-    ctl_cfg = target_config(target, seed, out, overrides, "control")
-    ctl = Trainer(ctl_cfg, ctl_cfg.run_dir, task=rm.task)
-    ctl.load(start, warm_start=True)
+
+def _stage1_checkpoint(run: Path, S: int) -> Path:
+    ckpt = run / "checkpoints"
+    return ckpt / "stage1.json" if (ckpt / "stage1.json").exists() else ckpt / f"step_{S:08d}.json"
+
+
+def finish(result: dict, out: Path, log, variants=(), task=None, reference=None) -> dict:
+    """Everything after the stage boundary S, from the stage-1 checkpoints of the `rmflow`, `fm` (and `imf`) runs:
+    the likelihood stage and the equal-steps control from the same MeanFlow checkpoint, flow matching and iMF
+    continued, their stage-2 curve points, the final rows and the held-out likelihoods. `run` calls it; `stage2`
+    calls it again on finished results after a change that only touches stage 2 (it replaces every stage-2 entry)."""
+    target, seed, S, total, overrides = (result[k] for k in ("target", "seed", "S", "steps", "overrides"))
+    cfg = target_config(target, seed, out, overrides)
+    stage2 = [S + (total - S) // 2, total]
+    run = out / target / f"s{seed}"
+    start = _stage1_checkpoint(run / "rmflow", S)
+    curves = [c for c in result["curves"] if c["step"] <= S and not c["method"].startswith("rmflow")]
+    seconds = {k: v for k, v in result["seconds"].items() if k in ("stage1", "fm_stage1")}
+
+    def continued(method: str, path: Path, warm_start: bool) -> Trainer:
+        c = target_config(target, seed, out, overrides, method)
+        tr = Trainer(c, c.run_dir, task=task)
+        tr.load(path, warm_start=warm_start)
+        if path.stem != "stage1" and not warm_start:   # a step checkpoint that retention would delete: keep it
+            tr.save(tag="stage1")
+        return tr
+
+    ctl = continued("control", start, True)
+    task = ctl.task
+    reference = reference if reference is not None else task.reference(cfg.eval.num_samples, seed=10_000 + seed)
     t0 = time.perf_counter()
     for step in stage2:
         ctl.train(step)
         curves += [r | {"method": "control"} for r in _rows(ctl, reference, ["meanflow@1", "meanflow@8"], seed)]
     seconds["control"] = time.perf_counter() - t0
+    rm = continued("rmflow", start, True)
     t0 = time.perf_counter()
     for step in stage2:
         rm.train(step)
@@ -98,26 +144,18 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
         log(f"[{target} s{seed}] stage 2 step {step}: " + _brief(curves[-1:]))
     seconds["stage2"] = time.perf_counter() - t0
     for name, extra in variants:
-        curves += run_variant(target, seed, out, overrides, name, extra, start, rm.task, reference, log)[0]
-
-    fm_cfg = target_config(target, seed, out, overrides, "fm")
-    fm = Trainer(fm_cfg, fm_cfg.run_dir, task=rm.task)
-    torch.manual_seed(seed)
+        curves += run_variant(target, seed, out, overrides, name, extra, start, task, reference, log)[0]
+    fm = continued("fm", _stage1_checkpoint(run / "fm", S), False)
     t0 = time.perf_counter()
-    for step in [*stage1, *stage2]:
+    for step in stage2:
         fm.train(step)
         curves += [r | {"method": "fm"} for r in _rows(fm, reference, ["fm@100"], seed)]
+    seconds["fm_stage2"] = time.perf_counter() - t0
     log(f"[{target} s{seed}] fm: " + _brief(curves[-1:]))
-    seconds["fm"] = time.perf_counter() - t0
-
     imf = None
-    if with_imf:   # improved MeanFlow (arXiv 2512.02012), trained as long as the others
-        imf_cfg = target_config(target, seed, out, overrides, "imf")
-        imf = Trainer(imf_cfg, imf_cfg.run_dir, task=rm.task)
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
+    if (run / "imf" / "checkpoints").exists():
+        imf = continued("imf", _stage1_checkpoint(run / "imf", S), False)
         imf.train()
-        seconds["imf"] = time.perf_counter() - t0
 
     final = ([r | {"method": "rmflow"} for r in _rows(rm, reference, ["rmflow"], seed)]
              + [r | {"method": "control"} for r in _rows(ctl, reference, ["meanflow@1", "meanflow@8", "meanflow@32"],
@@ -127,16 +165,15 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
              + [r | {"method": "fm"} for r in _rows(fm, reference, ["fm@100"], seed)]
              + ([r | {"method": "imf"} for r in _rows(imf, reference, ["meanflow@1", "meanflow@2", "meanflow@8"],
                                                       seed)] if imf else []))
-    second = rm.task.reference(cfg.eval.num_samples, seed=20_000 + seed).x
-    data = {"method": "data", "sampler": "data", **{k: v for k, v in rm.task.evaluate(second, reference).items()
+    second = task.reference(cfg.eval.num_samples, seed=20_000 + seed).x
+    data = {"method": "data", "sampler": "data", **{k: v for k, v in task.evaluate(second, reference).items()
                                                     if k in KEYS}}
     t0 = time.perf_counter()
-    ll = likelihoods(rm, ctl, fm, reference.x[:ll_points], cfg, seed)
+    ll = likelihoods(rm, ctl, fm, reference.x[:result.get("ll_points", 1000)], cfg, seed)
     seconds["likelihood"] = time.perf_counter() - t0
     log(f"[{target} s{seed}] log-lik " + " ".join(f"{k}={v[0]:.3f}±{v[1]:.3f}" for k, v in ll.items()))
-    return {"target": target, "seed": seed, "S": S, "steps": total, "overrides": list(overrides),
-            "config": to_dict(cfg), "curves": curves, "final": final, "data": data, "likelihood": ll,
-            "seconds": seconds}
+    return {**{k: v for k, v in result.items() if k not in ("default_rerun",)}, "config": to_dict(cfg),
+            "curves": curves, "final": final, "data": data, "likelihood": ll, "seconds": seconds}
 
 
 def run_variant(target, seed, out, overrides, name, extra, start, task, reference, log) -> list[dict]:
@@ -150,7 +187,7 @@ def run_variant(target, seed, out, overrides, name, extra, start, task, referenc
     return rows, v
 
 
-def add_variants(root: Path, targets, seeds, variants, log, ll_points: int = 1000) -> None:
+def add_variants(root: Path, targets, seeds, variants, log) -> None:
     """Run likelihood-stage variants on finished results (their stage-1 checkpoints) and add them to the JSON."""
     torch.set_num_threads(1)
     for target in targets:
@@ -160,24 +197,32 @@ def add_variants(root: Path, targets, seeds, variants, log, ll_points: int = 100
                 continue
             result = json.loads(path.read_text())
             base = [o for o in result["overrides"]]
-            ckpt = root / target / f"s{seed}" / "rmflow" / "checkpoints"
-            start = ckpt / "stage1.json"
-            if not start.exists():
-                start = ckpt / f"step_{result['S']:08d}.json"
+            start = _stage1_checkpoint(root / target / f"s{seed}" / "rmflow", result["S"])
             cfg = target_config(target, seed, root, base)
             trainer = Trainer(cfg)
             reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
             for name, extra in variants:
                 result["curves"] = [c for c in result["curves"] if c["method"] != f"rmflow:{name}"]
-                rows, model = run_variant(target, seed, root, base, name, extra, start, trainer.task, reference, log)
+                rows, _ = run_variant(target, seed, root, base, name, extra, start, trainer.task, reference, log)
                 result["curves"] += rows
-                if name == "default":   # the new default's held-out log-likelihood replaces the old one's
-                    r = one_step_log_likelihood(model.ema.shadow.eval(), reference.x[:ll_points], num_draws=512,
-                                                generator=torch.Generator().manual_seed(30_000 + seed),
-                                                proposal="inverse")
-                    result["likelihood"]["rmf1"] = (r.mean, r.stderr)
-                    result["default_rerun"] = extra or "code defaults at the time of the rerun"
-                path.write_text(json.dumps(result, indent=1))
+                _write(path, result)
+
+
+def rerun_stage2(root: Path, targets, seeds, log) -> None:
+    """`finish` again on finished results: every stage-2 entry under the current code, stage 1 kept."""
+    torch.set_num_threads(1)
+    for target in targets:
+        for seed in seeds:
+            path = root / target / f"s{seed}.json"
+            if path.exists():
+                _write(path, finish(json.loads(path.read_text()), root, log))
+
+
+def _write(path: Path, result: dict) -> None:
+    """Atomic: a killed rerun leaves the previous result whole."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -208,8 +253,7 @@ def _brief(rows) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-ROWS = {"RMF-1": ("rmflow", "rmflow"), "RMF-1 lean step": ("rmflow:lean", "rmflow"),
-        "RMF-1 MF-8 teacher": ("rmflow:mf8", "rmflow"), "MF-1 (stage 1)": ("stage1", "meanflow@1"),
+ROWS = {"RMF-1": ("rmflow", "rmflow"), "MF-1 (stage 1)": ("stage1", "meanflow@1"),
         "control MF-1": ("control", "meanflow@1"), "MF-8": ("control", "meanflow@8"),
         "MF-32": ("control", "meanflow@32"), "FM-100": ("fm", "fm@100"), "iMF-1": ("imf", "meanflow@1"),
         "iMF-2": ("imf", "meanflow@2"), "iMF-8": ("imf", "meanflow@8")}
@@ -226,14 +270,8 @@ def load_results(root: Path) -> dict[str, list[dict]]:
 
 
 def _final_rows(r: dict) -> list[dict]:
-    """A result's end-of-training rows: `final`, plus the variants' last rows (they live in `curves`). A variant
-    named `default` (the library's default re-run from the same stage-1 checkpoint after it changed: `variants
-    ROOT --variant default:`) replaces the `rmflow` row."""
-    variants = [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]]
-    if any(v["method"] == "rmflow:default" for v in variants):
-        rows = [row for row in r["final"] if row["method"] != "rmflow"]
-        return rows + [v | {"method": "rmflow"} if v["method"] == "rmflow:default" else v for v in variants]
-    return r["final"] + variants
+    """A result's end-of-training rows: `final`, plus the variants' last rows (they live in `curves`)."""
+    return r["final"] + [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]]
 
 
 def _values(results, label, key):
@@ -365,7 +403,6 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
                              squeeze=False)
     for i, target in enumerate(targets):
         run = root / target / f"s{seed}"
-        default = run / "rmflow-default"
         for j, (title, spec) in enumerate(columns.items()):
             ax = axes[i, j]
             if spec is None:
@@ -373,8 +410,7 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
                 reference = task.reference(n, seed=10_000 + seed)
                 x = reference.x
             else:
-                folder = default if spec[0] == "rmflow" and default.exists() else run / spec[0]
-                model, task, _ = load_run(folder)
+                model, task, _ = load_run(run / spec[0])
                 x = draw_samples(model, reference, spec[1], seed)[0]
             draw_panel(ax, task.density.project(x).numpy(), bins=100)
             ax.set_xticks([])
@@ -407,6 +443,11 @@ def main(argv=None) -> None:
     v.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
     v.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     v.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
+    s2 = sub.add_parser("stage2", help="redo everything after the stage boundary on finished results (after a "
+                        "change that only touches stage 2)")
+    s2.add_argument("root", type=Path)
+    s2.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
+    s2.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     q = sub.add_parser("report")
     q.add_argument("root", type=Path)
     q.add_argument("--md", type=Path)
@@ -414,6 +455,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "report":
         print(report(a.root, a.md, a.figures))
+        return
+    if a.cmd == "stage2":
+        rerun_stage2(a.root, a.targets, a.seeds, lambda m: print(m, flush=True))
         return
     if a.cmd == "variants":
         add_variants(a.root, a.targets, a.seeds, _parse_variants(a.variant), lambda m: print(m, flush=True))
@@ -430,7 +474,7 @@ def main(argv=None) -> None:
             result = run_one(target, seed, a.out, a.overrides, points, a.ll_points,
                              lambda m: print(m, flush=True), variants, a.imf)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1))
+            _write(path, result)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class RMFlowConfig:
     teacher_sampler: Literal["meanflow", "ode"] = "ode"   # the teacher's map: k MeanFlow jumps, or k Euler
                                    # steps of the ODE of its instantaneous velocity u(x, t, t)
     teacher_source: Literal["ema", "model"] = "ema"   # what the frozen teacher is copied from
+    cmfm_velocity: Literal["auto", "data", "teacher"] = "auto"   # what L_CMFM regresses in the likelihood stage:
+                                   # x1 − x0 (data) or the frozen teacher's velocity u_T(x_t, t, t) (teacher: pairing
+                                   # 'teacher' only); auto: teacher with pairing 'teacher', data otherwise
     nll_start_step: int = 5000     # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step); conditional
                                    # data: for as many training conditions, drawn once
@@ -97,6 +100,8 @@ class RMFlowConfig:
         check(self.nll_start_step >= 0, f"{key}.nll_start_step", "must be >= 0")
         check(not (self.pairing == "teacher" and self.lambda_nll > 0 and self.nll_start_step < 1),
               f"{key}.nll_start_step", "must be >= 1 with pairing 'teacher' (the teacher is frozen at that step)")
+        check(not (self.cmfm_velocity == "teacher" and self.pairing != "teacher"), f"{key}.cmfm_velocity",
+              "'teacher' regresses the frozen teacher's velocity: needs rmflow.pairing 'teacher' (or 'auto')")
         check(self.teacher_bank >= 0, f"{key}.teacher_bank", "must be >= 0")
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
         check(0 < self.nll_batch <= 1, f"{key}.nll_batch", "must be in (0, 1]")

@@ -297,3 +297,34 @@ def test_imf_trains_the_ring():
         torch.set_num_threads(threads)
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+class LinearFlowAverageVelocity(nn.Module):
+    """The exact average velocity of the linear ODE dx/dt = a·x over [t, r]: x_r = x_t·e^{a(r−t)}, so
+    u(x_t, t, r) = x_t·(e^{a(r−t)} − 1)/(r − t), and a·x_t at r = t."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x, t, r, cond=None, mask=None):
+        h = (r - t).reshape(-1, *([1] * (x.dim() - 1)))
+        safe = torch.where(h.abs() > 1e-6, h, torch.ones_like(h))
+        ratio = torch.where(h.abs() > 1e-6, torch.expm1(self.a * safe) / safe, self.a + 0.5 * self.a ** 2 * h)
+        return x * ratio
+
+
+@pytest.mark.parametrize("objective", ["meanflow", "imf"])
+def test_a_velocity_field_replaces_the_conditional_velocity(objective):
+    """With `velocity` = the field a·x, the exact average velocity of its ODE is a zero of L_CMFM (and of L_iMF) on
+    every (t, r) — and not a zero with the conditional velocity x1 − x0."""
+    torch.manual_seed(0)
+    a = -0.7
+    net = LinearFlowAverageVelocity(a)
+    x0, x1 = torch.randn(256, 3), torch.randn(256, 3) + 2.0
+    times = TimeSampler(ratio_neq=1.0).sample(256)
+    loss = CMFMLoss(TimeSampler(ratio_neq=1.0), objective=objective)
+    field = loss(net, x0, x1, times=times, velocity=lambda x, t, c, m: a * x)
+    assert field.sq_error.max() < 1e-8
+    plain = loss(net, x0, x1, times=times)
+    assert plain.sq_error.mean() > 1.0

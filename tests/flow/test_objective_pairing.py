@@ -400,3 +400,22 @@ def test_teacher_filter_falls_back_to_the_whole_bank_when_it_would_keep_nothing(
                           filter_q=0.99, filter_reference=data)
     near.pairs(model, data[:8])
     assert 0 < len(near.bank.x0) <= 64
+
+
+def test_teacher_velocity_replaces_x1_minus_x0_in_the_likelihood_stage():
+    """cmfm_velocity 'teacher': once the teacher is frozen, L_CMFM regresses its velocity u_T(x_t, t, t). A student
+    equal to a constant teacher (u ≡ b: the ODE's average velocity is b on every interval) has zero L_CMFM then,
+    while stage 1 (and the 'data' velocity) still regresses x1 − x0."""
+    torch.manual_seed(0)
+    model = RMFlow(Affine(0.0, 3.0), GaussianSource(), FixedScale(0.1, 0.0))
+    obj = RMFlowObjective(model, CMFMLoss(TimeSampler(), adaptive_p=0.0), TeacherPairing(model, 4),
+                          sigma_min=0.1, lambda_nll=1.0, schedule=LikelihoodSchedule(1), cmfm_velocity="teacher")
+    x = torch.randn(256, 2)
+    assert obj(x).stats["cmfm_sq"] > 1.0           # stage 1: x1 − x0
+    obj.set_step(1)
+    obj.start_likelihood_stage(model)
+    assert obj(x).stats["cmfm_sq"] < 1e-10         # stage 2: the teacher's velocity, which the student equals
+    with pytest.raises(ValueError, match="needs the 'teacher' pairing"):
+        RMFlowObjective(model, CMFMLoss(TimeSampler()), SelfPairing(4), lambda_nll=1.0, cmfm_velocity="teacher")
+    with pytest.raises(ConfigError, match="rmflow.cmfm_velocity"):
+        load_config("ring", ["rmflow.pairing=self", "rmflow.cmfm_velocity=teacher"])

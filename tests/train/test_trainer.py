@@ -161,6 +161,33 @@ def test_staged_cosine_restarts_at_the_likelihood_stage(tmp_path):
     assert single._lr(150) == pytest.approx(single.cfg.train.lr / 2)       # no stage boundary: one cycle
 
 
+def test_ema_restarts_with_the_second_stage_and_warms_up(tmp_path):
+    """With 'cosine_stages' the EMA at S is the model's weights (the teacher took the stage-1 average first), and its
+    decay warms up as min(decay, (1 + k)/(10 + k)); the teacher holds the stage-1 average, not the model."""
+    cfg = _cfg(tmp_path, "train.steps=12", "train.lr_schedule=cosine_stages", "rmflow.nll_start_step=6",
+               "rmflow.pairing=teacher", "rmflow.teacher_steps=2", "rmflow.teacher_bank=0", "rmflow.nll_focus=0",
+               "rmflow.teacher_filter=0", "rmflow.refine=fixed")
+    tr = Trainer(cfg)
+    tr.train(6)
+    stage1_ema = {k: v.clone() for k, v in tr.ema.shadow.state_dict().items()}
+    model = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    assert any(not torch.equal(stage1_ema[k], model[k]) for k in model)
+    assert [tr._ema_decay(s) for s in (5, 6, 7, 8)] == [0.999, 0.1, 2 / 11, 3 / 12]
+    seen = []
+    tr.ema.update = lambda m, decay: seen.append((dict((k, v.clone()) for k, v in tr.ema.shadow.state_dict().items()),
+                                                   decay))
+    tr.train(7)
+    shadow, decay = seen[0]
+    for k in model:   # the EMA was reset to the model's weights before the first stage-2 update
+        torch.testing.assert_close(shadow[k], model[k])
+    assert decay == pytest.approx(0.1)
+    teacher = tr.objective.pairing.teacher.state_dict()
+    for k in model:
+        torch.testing.assert_close(teacher[k], stage1_ema[k])
+    constant = Trainer(_cfg(tmp_path / "c", "train.steps=12", "train.lr_schedule=constant", "rmflow.nll_start_step=6"))
+    assert constant._ema_decay(8) == constant.cfg.train.ema_decay   # no restart without the staged schedule
+
+
 def test_ema_copies_the_late_starting_mixture_refiner_and_averages_the_rest(tmp_path):
     tr = Trainer(_cfg(tmp_path, "rmflow.refine=mixture"))
     assert tr.ema.exact_prefixes == ("refiner.",)

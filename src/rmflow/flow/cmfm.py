@@ -15,10 +15,16 @@ velocity on v instead, with the model's own velocity v̂ as the JVP tangent (low
     V_θ = u_θ(x_t, t, r) - (r - t) · D,   L_iMF = w · ‖V_θ - v‖²
 
 (one extra no-grad forward for v̂; at r = t, V_θ = u_θ(x_t, t, t) and L_iMF = L_CMFM, flow matching).
+
+`velocity`: a callable that replaces the conditional velocity v = x1 - x0 by a velocity field evaluated at x_t, e.g.
+a frozen teacher's instantaneous velocity u_T(x_t, t, t) (RMFlow's likelihood stage with `rmflow.cmfm_velocity:
+teacher`). v then has no conditional variance, and the fixed point of L_CMFM is the average velocity of the ODE
+dx/dt = u_T(x, t, t) over [t, r] (the MeanFlow identity applied to that ODE; docs/METHOD.md §8).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -96,13 +102,19 @@ class CMFMLoss:
             return d
 
     def __call__(self, net, x0: torch.Tensor, x1: torch.Tensor, cond=None, mask=None,
-                 times: tuple[torch.Tensor, torch.Tensor] | None = None, extra: tuple | None = None) -> CMFMOutput:
+                 times: tuple[torch.Tensor, torch.Tensor] | None = None, extra: tuple | None = None,
+                 velocity: Callable | None = None) -> CMFMOutput:
         """x0, x1: (B, *D) paired source and (smoothed) data samples; times optionally fixes (t, r).
+        velocity(x_t, t, cond, mask) -> (B, *D): replaces v = x1 - x0 (module docstring); no gradient flows into it.
 
         extra = (x, t, r, cond, mask): E more rows that the same gradient-carrying forward evaluates (no L_CMFM on
         them, no JVP); their output u_θ(x, t, r) is returned as `extra`, so another loss term shares the pass."""
         t, r = times if times is not None else self.times.sample(x0.shape[0], device=x0.device)
         point = self.path.sample(x0, x1, t)
+        if velocity is not None:
+            with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):
+                v = velocity(point.x_t, t, cond, mask).detach().float()
+            point.velocity = v if mask is None else torch.where(mask.bool(), v, point.velocity)
         if times is None and getattr(self.times, "ratio_neq", None) == 0:  # r = t everywhere: plain flow matching, no JVP needed
             target, dudt = point.velocity, torch.zeros_like(point.velocity)
         elif self.objective == "imf":

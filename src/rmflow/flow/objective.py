@@ -15,6 +15,11 @@ When L_NLL is on (`LikelihoodSchedule`): from step `start` (0: from the start; t
 each step and `start_likelihood_stage` at the boundary), on the first ⌈fraction·B⌉ rows of the batch (an unbiased,
 noisier estimate at a fraction of the cost); with `split` those rows carry L_NLL *instead of* L_CMFM, and one network
 forward evaluates both terms' rows, so a likelihood-stage step costs about what a MeanFlow step does.
+
+`cmfm_velocity = "teacher"` (needs a pairing with a frozen `teacher`): in the likelihood stage L_CMFM regresses the
+teacher's instantaneous velocity u_T(x_t, t, t) instead of x1 − x0 (flow/cmfm.py). Both terms then have the same
+minimiser — the teacher's ODE map, whose k-step Euler version is L_NLL's partner — and L_CMFM loses its
+conditional variance, which otherwise drowns L_NLL's gradient (docs/METHOD.md §8).
 """
 from __future__ import annotations
 
@@ -55,8 +60,15 @@ class RMFlowObjective(nn.Module):
 
     def __init__(self, model: RMFlow, cmfm: CMFMLoss, pairing: Pairing | None = None, sigma: float = 0.0,
                  sigma_min: float = 0.1, lambda_nll: float = 0.0, lambda_enc: float = 0.0,
-                 schedule: LikelihoodSchedule = LikelihoodSchedule(), path_coupling: str = "independent"):
+                 schedule: LikelihoodSchedule = LikelihoodSchedule(), path_coupling: str = "independent",
+                 cmfm_velocity: str = "data"):
         super().__init__()
+        if cmfm_velocity not in ("data", "teacher"):
+            raise ValueError(f"cmfm_velocity must be 'data' or 'teacher', got {cmfm_velocity!r}")
+        if cmfm_velocity == "teacher" and pairing is not None and not hasattr(pairing, "teacher"):
+            raise ValueError("cmfm_velocity 'teacher' regresses the frozen teacher's velocity: it needs the "
+                             "'teacher' pairing")
+        self.cmfm_velocity = cmfm_velocity
         self.model, self.cmfm, self.pairing = model, cmfm, pairing
         self.sigma, self.sigma_min = float(sigma), float(sigma_min)
         self.lambda_nll, self.lambda_enc = float(lambda_nll), float(lambda_enc)
@@ -95,13 +107,14 @@ class RMFlowObjective(nn.Module):
             pairs = self.pairing.pairs(model, x_data[:k], cond_rows(cond, slice(k)), cond_rows(mask, slice(k)))
             y = pairs.y + self.sigma_min * space.randn_like(pairs.y, pairs.mask)
         ones, zeros = pairs.x0.new_ones(k), pairs.x0.new_zeros(k)
+        velocity = self._teacher_velocity if self.cmfm_velocity == "teacher" else None
         if self.schedule.split:   # rows k.. carry L_CMFM, rows ..k L_NLL: one forward of n rows evaluates both
             rest = slice(k, None)
             out = self.cmfm(model, x0[rest], x1[rest], cond_rows(cond, rest), cond_rows(mask, rest),
-                            extra=(pairs.x0, zeros, ones, pairs.cond, pairs.mask))
+                            extra=(pairs.x0, zeros, ones, pairs.cond, pairs.mask), velocity=velocity)
             x_hat = pairs.x0 + out.extra
         else:
-            out = self.cmfm(model, x0, x1, cond, mask)
+            out = self.cmfm(model, x0, x1, cond, mask, velocity=velocity)
             x_hat = pairs.x0 + model(pairs.x0, zeros, ones, pairs.cond, pairs.mask)
         stats = self._cmfm_stats(out)
         self.pairing.observe(pairs, x_hat)
@@ -120,6 +133,10 @@ class RMFlowObjective(nn.Module):
         else:
             loss = out.loss + terms.mean()
         return self._with_encoder_penalty(loss, stats, x_data, cond, mask)
+
+    def _teacher_velocity(self, x_t, t, cond, mask) -> torch.Tensor:
+        """u_T(x_t, t, t) of the frozen teacher, (B, *D)."""
+        return self.pairing.teacher(x_t, t, t, cond, mask)
 
     @staticmethod
     def _cmfm_stats(out) -> dict[str, torch.Tensor]:

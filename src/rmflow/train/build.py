@@ -60,8 +60,12 @@ def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.dev
     cmfm = CMFMLoss(TimeSampler(t.dist, t.mean, t.std, t.ratio_neq, t.ratio_one_step), f.adaptive_p, f.adaptive_c,
                     f.jvp, f.jvp_subset, f.objective)
     schedule = LikelihoodSchedule(rm.nll_start_step, rm.nll_batch, rm.batch_split)
-    return RMFlowObjective(model, cmfm, build_pairing(cfg, model, task, device), f.sigma, rm.sigma_min,
-                           rm.lambda_nll, rm.lambda_enc, schedule, f.path_coupling).to(device)
+    pairing = build_pairing(cfg, model, task, device)
+    velocity = rm.cmfm_velocity
+    if velocity == "auto":
+        velocity = "teacher" if isinstance(pairing, TeacherPairing) else "data"
+    return RMFlowObjective(model, cmfm, pairing, f.sigma, rm.sigma_min, rm.lambda_nll, rm.lambda_enc, schedule,
+                           f.path_coupling, velocity).to(device)
 
 
 def build_ema(cfg: Config, model: nn.Module) -> EMA:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, config_to_yaml
 from ..flow import to_device
 from .build import build_ema, build_objective, build_optimizer, build_task, load_weights
+from .ema import warmup_decay
 from .checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_mean, gather_rng_states, prepare_loss_module, rank_seed
 from .rundir import atomic_write_text, is_interactive, rollback_metrics
@@ -182,8 +183,8 @@ class Trainer:
           does not depend on λ1, so a MeanFlow run continued as the equal-steps control sees the same rates."""
         tc = self.cfg.train
         start, end = 0, tc.steps
-        stage = self.cfg.rmflow.nll_start_step
-        if tc.lr_schedule == "cosine_stages" and 0 < stage < tc.steps:
+        stage = self._restart_step()
+        if stage is not None:
             start, end = (0, stage) if step < stage else (stage, tc.steps)
         k = step - start
         lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
@@ -192,6 +193,21 @@ class Trainer:
         elif tc.lr_schedule == "cosine_stages":
             lr *= 0.5 * (1 + math.cos(math.pi * k / (end - start)))
         return lr
+
+    def _restart_step(self) -> int | None:
+        """S = rmflow.nll_start_step where 'cosine_stages' restarts the stage (0 < S < steps), else None."""
+        tc, stage = self.cfg.train, self.cfg.rmflow.nll_start_step
+        return stage if tc.lr_schedule == "cosine_stages" and 0 < stage < tc.steps else None
+
+    def _ema_decay(self, step: int) -> float:
+        """The EMA decay of `step`'s update. With 'cosine_stages' the EMA restarts with the second stage (from the
+        model's weights, at S) and warms up again (train.ema.warmup_decay): an average that straddled the change
+        of objective would keep e^(-(steps - S)(1 - decay)) of stage-1 weights — 13.5 % after 2 000 steps at
+        0.999 — and blur the one-step map that stage 2 trains (docs/METHOD.md §8)."""
+        stage = self._restart_step()
+        if stage is None or step < stage:
+            return self.cfg.train.ema_decay
+        return warmup_decay(self.cfg.train.ema_decay, step - stage)
 
     def start_likelihood_stage(self) -> None:
         """The stage boundary (step rmflow.nll_start_step): the pairing freezes its teacher from the EMA or the
@@ -203,6 +219,8 @@ class Trainer:
         cfg = self.cfg
         if self.step == cfg.rmflow.nll_start_step:
             self.start_likelihood_stage()
+            if self._restart_step() is not None:   # after the teacher took the stage-1 average
+                self.ema.reset(self.model)
         self.objective.set_step(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr(self.step)
@@ -220,7 +238,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf)
         self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self._ema_decay(self.step))
         self.step += 1
         self.history.append(float(loss.detach()))
         stats = {k: float(v) for k, v in out.stats.items()}

@@ -1,5 +1,6 @@
 """The time-series task (RMFlow's dynamical systems): trajectories of Lorenz-63 and two coupled
-FitzHugh–Nagumo units, yearly sunspot numbers as real data, or a user's own series from a file
+FitzHugh–Nagumo units, yearly sunspot numbers or monthly El Niño sea surface temperature as real data (data.REAL),
+or a user's own series from a file
 (system "file": task.path to a .npy array (N, T, C), (T, C) or (T,), or a CSV with one column per channel;
 see data.file_series for the split and the checks).
 
@@ -13,11 +14,11 @@ model sees, in training and in evaluation, is the clean context plus Gaussian no
 value, in normalised units (units of each channel's training std), independent over channels and steps, drawn anew
 for each context window; the forecast target (the future) is clean. The default (task.obs_noise < 0) is σ = 0.1 for
 the simulated systems (lorenz, fhn), whose clean context determines the future exactly (a perfect forecast, CRPS 0,
-would otherwise exist), and σ = 0 for measured series (sunspots, file), which carry their own noise; σ = 0 gives the
-noise-free task of earlier versions exactly. The ensemble spread therefore represents the forecast distribution
-p(future | noisy context): the uncertainty of the state left by the noisy observations, propagated by the dynamics
-(for measured series, whatever the context does not determine). Its best attainable score is the true system's
-Bayes ensemble (`reference_rows`, "true system").
+would otherwise exist), and σ = 0 for measured series (sunspots, elnino, file), which carry their own noise; σ = 0
+gives the noise-free task of earlier versions exactly. The ensemble spread therefore represents the forecast
+distribution p(future | noisy context): the uncertainty of the state left by the noisy observations, propagated by
+the dynamics (for measured series, whatever the context does not determine). Its best attainable score is the true
+system's Bayes ensemble (`reference_rows`, "true system").
 
 Evaluation: `reference(n, seed)` holds n = (number of contexts) × task.ensemble rows; conditional references are
 the first contexts of an evenly spaced, fixed list of test windows, each repeated `ensemble` times in a row, with
@@ -42,7 +43,7 @@ from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets.temporal import SequenceFlowNet
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
-from .data import FILE, REAL, Windows, file_series, simulated_series, sunspots_series
+from .data import FILE, REAL, Windows, file_series, real_series, simulated_series
 from .metrics import (CONDITIONAL_FORMAT, LABELS, UNCONDITIONAL_FORMAT, conditional_metrics,
                       unconditional_metrics)
 from .model import ContextEncoder
@@ -60,7 +61,7 @@ EVAL_NOISE_SEED = 7919                             # + task.data_seed: the evalu
 @dataclass
 class DynamicsData:
     name: str = "dynamics"
-    system: str = "lorenz"          # lorenz | fhn | sunspots | file (task.path)
+    system: str = "lorenz"          # lorenz | fhn | sunspots | elnino | file (task.path)
     mode: str = "conditional"       # conditional | unconditional
     window_len: int = 64            # L: steps per window (context + horizon in conditional mode)
     context_len: int = 16           # k: observed first steps (conditional mode)
@@ -76,7 +77,7 @@ class DynamicsData:
     ensemble: int = 32              # forecasts per context in evaluation
     obs_noise: float = -1.0         # conditional: std of Gaussian observation noise added to every context value
                                     # (normalised units; training and evaluation); < 0 = the system's default:
-                                    # 0.1 for lorenz/fhn (makes their forecasts well posed), 0 for sunspots/file
+                                    # 0.1 for lorenz/fhn (makes their forecasts well posed), 0 for real series/file
     crps_estimator: str = "fair"    # scoringrules estimator: fair | nrg | pwm | ...
     plot_contexts: int = 3
     # system "file": a user's own series
@@ -85,7 +86,7 @@ class DynamicsData:
                                     # [] = every numeric column
     format: Literal["auto", "npy", "csv"] = "auto"   # auto: from the suffix (.npy | .csv .tsv .txt)
     split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])   # train/valid/test shares: of the
-                                    # series (N >= 2), or contiguous time blocks of one long series (also sunspots)
+                                    # series (N >= 2), or contiguous time blocks of one long series (also REAL series)
 
     def validate(self, key: str) -> None:
         allowed = sorted(SYSTEMS) + list(REAL) + [FILE]
@@ -163,7 +164,7 @@ class DynamicsTask(Task):
         if t.system == FILE:
             self.data = file_series(t.path, t.columns, t.format, t.window_len, overlap, t.split, t.data_seed)
         elif t.system in REAL:
-            self.data = sunspots_series(overlap=overlap, fractions=t.split)
+            self.data = real_series(t.system, overlap=overlap, fractions=t.split)
         else:
             system = SYSTEMS[t.system]
             dt = t.dt or system.default_dt

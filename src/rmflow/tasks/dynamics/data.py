@@ -1,5 +1,6 @@
-"""Data of the time-series task: simulated (Lorenz-63, FitzHugh–Nagumo) or real (yearly sunspots) series,
-split into train/valid/test, normalised per channel with train statistics, and cut into windows.
+"""Data of the time-series task: simulated (Lorenz-63, FitzHugh–Nagumo) or real (yearly sunspots, monthly El Niño
+sea surface temperature) series, split into train/valid/test, normalised per channel with train statistics, and cut
+into windows.
 
 Simulated splits are generated deterministically: split s of data seed d uses numpy seed [d, s] for its
 initial conditions, so the test trajectories never depend on how many training trajectories were asked for.
@@ -9,6 +10,20 @@ Sunspots (statsmodels.datasets.sunspots, yearly 1700–2008, 309 values, needs `
 square-root transformed (the usual variance-stabilising step), then split chronologically 70/10/20 %; the
 valid and test pieces start `overlap` years early so that their first windows' contexts are available while
 every forecast target lies inside the held-out period.
+
+El Niño (statsmodels.datasets.elnino, needs `pip install statsmodels`): monthly mean sea surface temperature (°C) of
+the Niño 1+2 region (0–10° S, 90–80° W; NOAA ERSST v3b), January 1950 – December 2010. statsmodels ships it as a wide
+table, one row per year and one column per month; `flatten_monthly_table` reads it row by row (years ascending,
+months January to December) into 732 monthly values. Chosen over Mauna Loa CO₂ because it is stationary: a strong
+seasonal cycle (monthly means 20.6–26.3 °C) with irregular El Niño / La Niña excursions on top recurs throughout, so
+the training years (18.95–28.85 °C) cover the test years (19.28–27.39 °C) with no transformation, whereas CO₂ rises
+from 315 to 371 ppm (yearly means, 1958–2001): split 70/10/20 %, 98 % of its monthly test values lie above every
+training value, so it would need differencing or detrending first. The El Niño forecast (where this year's anomaly
+goes) is genuinely uncertain; the series has no missing values (CO₂ has 59 of 2284 weekly values) and more steps
+(732 months against 526 for monthly CO₂). Split: train Jan 1950 – Aug 1992 (512 months), valid forecasts Sep 1992 –
+Oct 1998, test forecasts Nov 1998 – Dec 2010 (146 months; the 1997–98 El Niño falls in valid). No transform is applied:
+the series is kept in °C and, like every system, standardised with the training split's mean and std (metrics are in
+those normalised units; multiply by `SeriesData.std` for °C). Split chronologically like sunspots (70/10/20 %).
 
 Files (task.system "file", `file_series`): a user's own series from a .npy array or a CSV table.
 - (N, T, C) .npy: N series of T steps and C channels, windows cut from each series like simulated trajectories;
@@ -36,7 +51,8 @@ from ..tables import load_table
 from .systems import SYSTEMS, simulate_many
 
 SPLITS = ("train", "valid", "test")
-REAL = ("sunspots",)
+REAL = ("sunspots", "elnino")        # task.system of the real series shipped with statsmodels (real_series)
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 FILE = "file"                       # task.system of a user's own file
 FILE_FORMATS = ("auto", "npy", "csv")
 CACHE_VERSION = 1
@@ -119,6 +135,49 @@ def sunspots_series(overlap: int, fractions=(0.7, 0.1, 0.2)) -> SeriesData:
         raise ImportError("task.system 'sunspots' needs statsmodels: pip install statsmodels") from e
     values = np.sqrt(sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype=np.float64))
     return split_series(values, overlap, fractions, channels=("sqrt_sunspots",))
+
+
+def flatten_monthly_table(table) -> np.ndarray:
+    """A wide table of monthly values (a pandas DataFrame: a YEAR column and one column per month named as in MONTHS,
+    one row per year) -> (12·years,) float64 in time order: years ascending, January to December within each.
+    Refuses (ValueError) missing month columns, years that are not consecutive, and NaN/inf values."""
+    missing = [m for m in ("YEAR",) + MONTHS if m not in table.columns]
+    if missing:
+        raise ValueError(f"monthly table: columns {missing} are missing (has {list(table.columns)})")
+    years = table["YEAR"].to_numpy(dtype=np.float64)
+    order = np.argsort(years, kind="stable")
+    years = years[order]
+    if len(years) == 0 or np.any(np.diff(years) != 1):
+        raise ValueError(f"monthly table: the years must be consecutive, got {years.astype(int).tolist()}")
+    values = table[list(MONTHS)].to_numpy(dtype=np.float64)[order].reshape(-1)   # row-major: year, then month
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(f"monthly table: {int(bad.sum())} missing/non-finite values (first: "
+                         f"{MONTHS[first % 12]} {int(years[first // 12])})")
+    return values
+
+
+def elnino_values() -> np.ndarray:
+    """Monthly Niño 1+2 sea surface temperature (°C) from statsmodels, Jan 1950 – Dec 2010: (732,) float64."""
+    try:
+        from statsmodels.datasets import elnino
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("task.system 'elnino' needs statsmodels: pip install statsmodels") from e
+    return flatten_monthly_table(elnino.load_pandas().data)
+
+
+def elnino_series(overlap: int, fractions=(0.7, 0.1, 0.2)) -> SeriesData:
+    """El Niño SST in °C (no transform), split chronologically like sunspots; each split (1, 1, T)."""
+    return split_series(elnino_values(), overlap, fractions, channels=("sst_nino12",))
+
+
+def real_series(name: str, overlap: int, fractions=(0.7, 0.1, 0.2)) -> SeriesData:
+    """The real series `name` (one of REAL), split chronologically with valid/test starting `overlap` steps early."""
+    loaders = {"sunspots": sunspots_series, "elnino": elnino_series}
+    if name not in loaders:
+        raise ValueError(f"unknown real series {name!r}; real series: {list(REAL)}")
+    return loaders[name](overlap, fractions)
 
 
 def block_bounds(n: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int]:

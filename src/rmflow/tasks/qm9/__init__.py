@@ -4,7 +4,10 @@ Data sample: x (29, 3 + 5) = [positions in Å with zero centre of mass | type_sc
 mask (29, 1). Noise lives in the zero-centre-of-mass subspace (space.ZeroCoMSpace). Unconditional models train
 on EDM's 100,000-molecule training split and sample atom counts from its histogram; conditional models
 (`task.condition: alpha`, …) train on the second half and are given (property, atom count) pairs drawn jointly
-from that half. See data.py (split, units), metrics.py (EDM's evaluation), conditioning.py (the two routes).
+from that half. `task.max_heavy_atoms: k` restricts every split to the molecules with at most k heavy atoms (EDM's
+split restricted, data.split_rows); the atom-count histogram, the padding size (N = the largest training molecule
+instead of 29), the atom-type statistics and the context normalisation then come from the subset's own parts.
+See data.py (split, units), metrics.py (EDM's evaluation), conditioning.py (the two routes).
 """
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import check
+from ...errors import ConfigError, check
 from ...nets import EGNN
 from ..base import Batch, Task, TaskSpec, build_rmflow, register_task
 from .conditioning import ROUTES, MoleculeNet, PropertyEncoder
-from .data import (ATOM_TYPES, MAX_ATOMS, PROPERTIES, QM9Split, cache_dir, load_arrays, load_split, mean_mad)
+from .data import (ATOM_TYPES, MAX_HEAVY_ATOMS, PROPERTIES, QM9Split, cache_dir, load_arrays, load_split,
+                   mean_mad, split_statistics)
 from .metrics import decode, evaluate_molecules, smiles_list
 from .space import ZeroCoMSpace
 
@@ -32,8 +36,12 @@ class QM9Data:
     condition_route: str = "encoder"  # encoder (guided encoding φ_ω) | node (EGNN node features) | both
     encode_positions: bool = False  # φ_ω also places atoms (breaks the source's E(3) invariance)
     type_scale: float = 0.25        # one-hot atom types are multiplied by this (EDM: 1/4)
+    max_heavy_atoms: int = 0        # 0 = all of QM9; k = 1..9: only molecules with <= k atoms other than H, in
+    #                                 every split (EDM's split restricted); statistics and padding from that subset
     max_train: int = 0              # use only the first K training molecules (0 = all); for quick tests
     novelty: bool = True            # compute novelty against the training SMILES (cached after the first run)
+    novelty_qm9: bool = False       # also `novel_qm9`: novelty against all 130,831 QM9 molecules (every split, no
+    #                                 heavy-atom limit); their SMILES take a few CPU minutes once, then are cached
     cache: str = ""                 # cache folder; "" = $RMFLOW_CACHE or ~/.cache/rmflow
     classifier: str = ""            # conditional runs: path (no suffix) of a property classifier trained with
     #                                 `python -m rmflow.tasks.qm9.classifier`; adds the MAE column
@@ -43,6 +51,9 @@ class QM9Data:
         check(self.condition_route in ROUTES, f"{key}.condition_route", f"must be one of {ROUTES}")
         check(self.type_scale > 0, f"{key}.type_scale", "must be > 0")
         check(self.max_train >= 0, f"{key}.max_train", "must be >= 0")
+        check(isinstance(self.max_heavy_atoms, int) and 0 <= self.max_heavy_atoms <= MAX_HEAVY_ATOMS,
+              f"{key}.max_heavy_atoms", f"must be 0 (all of QM9) or 1..{MAX_HEAVY_ATOMS} heavy atoms (QM9 has at "
+              f"most {MAX_HEAVY_ATOMS}); got {self.max_heavy_atoms!r}")
 
 
 @dataclass
@@ -69,7 +80,7 @@ class QM9Model:
 
 
 def to_model_space(split: QM9Split, type_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (M, 29, 8), mask (M, 29, 1)) from a split: centred positions and scaled one-hot types."""
+    """(x (M, N, 8), mask (M, N, 1)) from a split padded to N atoms: centred positions and scaled one-hot types."""
     onehot = torch.nn.functional.one_hot(split.types.clamp(min=0), NUM_TYPES).float() * split.mask[..., None]
     x = torch.cat([split.positions.float(), type_scale * onehot], dim=-1)
     return x, split.mask[..., None].float()
@@ -78,7 +89,8 @@ def to_model_space(split: QM9Split, type_scale: float) -> tuple[torch.Tensor, to
 class QM9Task(Task):
     metric_format = {"atom_stable": ("atom stab.", ".4f"), "mol_stable": ("mol. stab.", ".4f"),
                      "valid": ("valid", ".4f"), "unique": ("unique (of valid)", ".4f"),
-                     "novel": ("novel (of unique)", ".4f"), "mae": ("property MAE", ".4g"), "samples_per_s": ("samples/s", ".1f")}
+                     "novel": ("novel (of unique)", ".4f"), "novel_qm9": ("novel vs QM9 (of unique)", ".4f"),
+                     "mae": ("property MAE", ".4g"), "samples_per_s": ("samples/s", ".1f")}
 
     def __init__(self, cfg, arrays: dict | None = None):
         self.cfg = cfg
@@ -86,20 +98,38 @@ class QM9Task(Task):
         self.cache = t.cache or None
         arrays = arrays if arrays is not None else load_arrays(self.cache)
         self.split_name = "second_half" if t.condition else "train"
-        split = load_split(self.split_name, arrays=arrays)
-        if t.max_train:
-            split = split.subset(slice(0, t.max_train))
-        self.train = split
-        self.x, self.mask = to_model_space(split, t.type_scale)
+        self.train = self._training_split(arrays)
+        self.max_atoms = self.train.positions.shape[1]          # N: the padding size of every batch and sample
+        self.x, self.mask = to_model_space(self.train, t.type_scale)
         self.space = ZeroCoMSpace(3)
-        hist = torch.bincount(split.num_atoms, minlength=MAX_ATOMS + 1).float()
-        self.node_probs = hist / hist.sum()
+        hist = torch.bincount(self.train.num_atoms, minlength=self.max_atoms + 1).float()
+        self.node_probs = hist / hist.sum()                       # (N + 1,): P(atom count = n), training part
         self.prop_index = PROPERTIES.index(t.condition) if t.condition else None
         if t.condition:
-            # EDM normalises the context of second-half models with the validation split's mean and MAD
-            valid = load_split("valid", arrays=arrays)
+            # EDM normalises the context of second-half models with the validation split's mean and MAD (here
+            # the validation split restricted to the same heavy-atom subset)
+            valid = load_split("valid", arrays=arrays, max_heavy_atoms=t.max_heavy_atoms)
             self.prop_mean, self.prop_mad = mean_mad(valid.props[:, self.prop_index])
+        self._qm9_arrays = arrays if t.novelty_qm9 else None     # kept only for the all-QM9 novelty SMILES
         self._train_smiles = None
+        self._qm9_smiles = None
+
+    def _training_split(self, arrays: dict) -> QM9Split:
+        """The training part: EDM's split (or second half) restricted to the heavy-atom subset, then the first
+        max_train molecules. A subset is padded to its largest training molecule; full QM9 keeps 29 slots."""
+        t = self.cfg.task
+        split = load_split(self.split_name, arrays=arrays, max_heavy_atoms=t.max_heavy_atoms)
+        if t.max_train:
+            split = split.subset(slice(0, t.max_train))
+        if not len(split):
+            raise ConfigError(f"config key 'task.max_heavy_atoms': no {self.split_name} molecule has at most "
+                              f"{t.max_heavy_atoms} heavy atoms")
+        return split.crop(int(split.num_atoms.max())) if t.max_heavy_atoms else split
+
+    def statistics(self) -> dict:
+        """The training part's statistics (data.split_statistics): molecules, padding size, node-count and
+        heavy-atom histograms, atom-type counts and shares."""
+        return split_statistics(self.train)
 
     # ---------------------------------------------------------------------------------------- model
     def build_model(self):
@@ -110,7 +140,7 @@ class QM9Task(Task):
                     time_scale=m.time_scale, time_max_period=m.time_max_period)
         encoder = None
         if t.condition and t.condition_route in ("encoder", "both"):
-            encoder = PropertyEncoder(1, NUM_TYPES, MAX_ATOMS, m.encoder_hidden, 3, t.encode_positions)
+            encoder = PropertyEncoder(1, NUM_TYPES, self.max_atoms, m.encoder_hidden, 3, t.encode_positions)
         return build_rmflow(MoleculeNet(egnn, node), self.cfg, self.space, encoder)
 
     # ----------------------------------------------------------------------------------------- data
@@ -137,42 +167,61 @@ class QM9Task(Task):
         uses only the mask (and, when conditional, the molecule's property: properties given the atom count)."""
         cdf = torch.cumsum(self.node_probs.double(), 0)
         q = (torch.arange(num_samples, dtype=torch.float64) + 0.5) / num_samples
-        counts = torch.searchsorted(cdf, q).clamp(max=MAX_ATOMS)
+        counts = torch.searchsorted(cdf, q).clamp(max=self.max_atoms)
         counts = counts[torch.randperm(num_samples, generator=torch.Generator().manual_seed(0))]
         order = torch.argsort(self.train.num_atoms, stable=True)
         start = torch.searchsorted(self.train.num_atoms[order], counts)
-        size = torch.bincount(self.train.num_atoms, minlength=MAX_ATOMS + 1)[counts]
+        size = torch.bincount(self.train.num_atoms, minlength=self.max_atoms + 1)[counts]
         u = torch.rand(num_samples, generator=torch.Generator().manual_seed(seed))
         rows = order[start + (u * size).long().clamp(max=size - 1)]
         return Batch(self.x[rows], self._cond(rows), self.mask[rows])
 
     # ----------------------------------------------------------------------------------- evaluation
+    def _cached_smiles(self, name: str, split: QM9Split) -> set:
+        """Largest-fragment SMILES of a split's molecules through the evaluation pipeline, cached as JSON under
+        the cache folder as qm9_smiles_{name}_v1.json (recomputed when the cached list has the wrong length)."""
+        folder = self.cache or str(cache_dir())
+        path = os.path.join(folder, f"qm9_smiles_{name}_v1.json")
+        smiles = None
+        if os.path.exists(path):
+            try:
+                smiles = json.loads(open(path).read())
+            except (OSError, ValueError):
+                smiles = None
+        if not isinstance(smiles, list) or len(smiles) != len(split):
+            smiles = smiles_list(split.positions, split.types.clamp(min=0), split.mask)
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as fh:
+                json.dump(smiles, fh)
+            os.replace(tmp, path)
+        return {s for s in smiles if s is not None}
+
     def training_smiles(self) -> set:
-        """Largest-fragment SMILES of the training split through the same pipeline (cached as JSON)."""
+        """SMILES of the training part (the heavy-atom subset's, when one is set): what `novel` compares with."""
         if self._train_smiles is None:
-            folder = self.cache or str(cache_dir())
-            suffix = f"_first{self.cfg.task.max_train}" if self.cfg.task.max_train else ""
-            path = os.path.join(folder, f"qm9_smiles_{self.split_name}{suffix}_v1.json")
-            smiles = None
-            if os.path.exists(path):
-                try:
-                    smiles = json.loads(open(path).read())
-                except (OSError, ValueError):
-                    smiles = None
-            if not isinstance(smiles, list) or len(smiles) != len(self.train):
-                smiles = smiles_list(self.train.positions, self.train.types.clamp(min=0), self.train.mask)
-                os.makedirs(folder, exist_ok=True)
-                tmp = f"{path}.tmp{os.getpid()}"
-                with open(tmp, "w") as fh:
-                    json.dump(smiles, fh)
-                os.replace(tmp, path)
-            self._train_smiles = {s for s in smiles if s is not None}
+            t = self.cfg.task
+            name = (self.split_name + (f"_heavy{t.max_heavy_atoms}" if t.max_heavy_atoms else "")
+                    + (f"_first{t.max_train}" if t.max_train else ""))
+            self._train_smiles = self._cached_smiles(name, self.train)
         return self._train_smiles
+
+    def qm9_smiles(self) -> set:
+        """SMILES of all 130,831 QM9 molecules (train, valid and test, any size): what `novel_qm9` compares with."""
+        if self._qm9_smiles is None:
+            arrays = self._qm9_arrays if self._qm9_arrays is not None else load_arrays(self.cache)
+            parts = [load_split(name, arrays=arrays) for name in ("train", "valid", "test")]
+            every = QM9Split(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                               ("positions", "types", "mask", "props", "num_atoms", "index")))
+            self._qm9_smiles = self._cached_smiles("all", every)
+            self._qm9_arrays = None
+        return self._qm9_smiles
 
     def evaluate(self, samples, reference):
         pos, types, mask = decode(samples, reference.mask)
         known = self.training_smiles() if self.cfg.task.novelty else None
-        out = evaluate_molecules(pos, types, mask, known)
+        more = {"novel_qm9": self.qm9_smiles()} if self.cfg.task.novelty_qm9 else None
+        out = evaluate_molecules(pos, types, mask, known, known_sets=more)
         if self.prop_index is not None and self.cfg.task.classifier:
             from .classifier import conditional_mae, load_classifier
             model, meta = load_classifier(self.cfg.task.classifier, self.cfg.train.device)

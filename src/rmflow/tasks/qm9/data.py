@@ -5,6 +5,9 @@
   13,083 test (train keeps the permutation order, as EDM's files do).
 - Conditional halves of the training split: numpy seed 42 permutation p of the 100,000 training rows;
   "first half" = p[:50,000] (the property classifier), "second half" = p[50,000:] (the generator), as in EDM.
+- Heavy-atom subsets (`max_heavy_atoms = k`, 1..9): every split above restricted to the molecules with at most
+  k atoms other than H, order kept. Over all 130,831 molecules k = 6 keeps 783 (≤ 20 atoms), k = 7 keeps 3,921
+  (≤ 23), k = 8 keeps 21,800 (≤ 26); the halves are EDM's halves restricted in the same way.
 - Properties in EDM's units: μ (D), α (Bohr³), HOMO, LUMO, gap (eV; MAEs are printed in meV), Cv (cal/mol K).
 
 The CSVs are parsed once and cached as an uncompressed .npz (no pickle) under $RMFLOW_CACHE (default
@@ -23,6 +26,7 @@ import torch
 
 ATOM_TYPES = ("H", "C", "N", "O", "F")
 MAX_ATOMS = 29
+MAX_HEAVY_ATOMS = 9     # QM9 molecules have at most 9 atoms other than hydrogen (C, N, O, F)
 NUM_MOLECULES = 130_831
 SPLIT_SIZES = {"train": 100_000, "valid": 17_748, "test": 13_083}
 HARTREE_TO_EV = 27.211386246
@@ -180,12 +184,51 @@ def edm_half_indices(train_rows: np.ndarray) -> dict[str, np.ndarray]:
 SPLITS = ("train", "valid", "test", "first_half", "second_half")
 
 
+def heavy_atom_counts(types: np.ndarray) -> np.ndarray:
+    """types (M, 29) ints (0..4 = H, C, N, O, F; -1 padding) -> (M,) int64: atoms other than hydrogen."""
+    return (np.asarray(types) > 0).sum(1).astype(np.int64)
+
+
+def check_max_heavy_atoms(max_heavy_atoms: int) -> None:
+    """Raise ValueError unless max_heavy_atoms is 0 (no limit) or 1..9."""
+    if not (isinstance(max_heavy_atoms, (int, np.integer)) and 0 <= max_heavy_atoms <= MAX_HEAVY_ATOMS):
+        raise ValueError(f"max_heavy_atoms must be 0 (all of QM9) or 1..{MAX_HEAVY_ATOMS} (QM9 molecules have at "
+                         f"most {MAX_HEAVY_ATOMS} heavy atoms); got {max_heavy_atoms!r}")
+
+
+def restrict_rows(rows: np.ndarray, types: np.ndarray, max_heavy_atoms: int) -> np.ndarray:
+    """The entries of `rows` (row indices into the table, any order) whose molecule has at most `max_heavy_atoms`
+    heavy atoms, in their given order; `rows` itself when max_heavy_atoms is 0. types: the table's (M, 29)."""
+    check_max_heavy_atoms(max_heavy_atoms)
+    if not max_heavy_atoms:
+        return rows
+    return rows[heavy_atom_counts(types[rows]) <= max_heavy_atoms]
+
+
+def _check_split_name(name: str) -> None:
+    if name not in SPLITS:
+        raise ValueError(f"unknown QM9 split {name!r}; use one of {SPLITS}")
+
+
+def split_rows(name: str, arrays: dict, max_heavy_atoms: int = 0) -> np.ndarray:
+    """Row indices (into the index-ordered table) of one of SPLITS: EDM's split (and halves) first, then restricted
+    to molecules with at most max_heavy_atoms heavy atoms (0 = no limit), order kept."""
+    _check_split_name(name)
+    splits = edm_split_indices(len(arrays["index"]))
+    if name in ("first_half", "second_half"):
+        rows = edm_half_indices(splits["train"])[name]
+    else:
+        rows = splits[name]
+    return restrict_rows(rows, arrays["types"], max_heavy_atoms)
+
+
 @dataclass
 class QM9Split:
     """Dense tensors of one split.
 
-    positions (M, 29, 3) with zero centre of mass over real atoms; types (M, 29) long (-1 padding);
-    mask (M, 29) bool; props (M, 6) float64 in EDM's units; num_atoms (M,); index (M,) GDB-9 indices."""
+    positions (M, N, 3) with zero centre of mass over real atoms; types (M, N) long (-1 padding);
+    mask (M, N) bool; props (M, 6) float64 in EDM's units; num_atoms (M,); index (M,) GDB-9 indices.
+    N = 29 (MAX_ATOMS) unless the split was cropped (`crop`)."""
 
     positions: torch.Tensor
     types: torch.Tensor
@@ -201,21 +244,47 @@ class QM9Split:
         values, counts = torch.unique(self.num_atoms, return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts)}
 
+    def type_counts(self) -> torch.Tensor:
+        """(5,) int64: real atoms of each type H, C, N, O, F over the whole split."""
+        return torch.bincount(self.types[self.mask], minlength=len(ATOM_TYPES))
+
+    def heavy_atoms(self) -> torch.Tensor:
+        """(M,) int64: atoms other than hydrogen per molecule."""
+        return ((self.types > 0) & self.mask).sum(1)
+
     def subset(self, rows) -> "QM9Split":
         return QM9Split(*(getattr(self, f)[rows] for f in
                           ("positions", "types", "mask", "props", "num_atoms", "index")))
 
+    def crop(self, num_atoms: int) -> "QM9Split":
+        """The same molecules padded to `num_atoms` slots instead of N (atoms are stored first, padding last).
+        Raises ValueError if a molecule has more atoms than that."""
+        if len(self) and int(self.num_atoms.max()) > num_atoms:
+            raise ValueError(f"cannot pad to {num_atoms} atoms: a molecule has {int(self.num_atoms.max())}")
+        return QM9Split(self.positions[:, :num_atoms], self.types[:, :num_atoms], self.mask[:, :num_atoms],
+                        self.props, self.num_atoms, self.index)
 
-def load_split(name: str, cache: Path | None = None, arrays: dict | None = None) -> QM9Split:
-    """One of SPLITS as tensors (positions centred)."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown QM9 split {name!r}; use one of {SPLITS}")
+
+def split_statistics(split: QM9Split) -> dict:
+    """What a model takes from its training data, as plain numbers: molecules, max atoms (the padding size),
+    node-count histogram {n: count}, heavy-atom histogram {k: count}, atom-type counts and shares {H..F: ...}."""
+    counts = split.type_counts()
+    heavy, heavy_counts = torch.unique(split.heavy_atoms(), return_counts=True)
+    total = max(int(counts.sum()), 1)
+    return {"molecules": len(split), "max_atoms": int(split.num_atoms.max()) if len(split) else 0,
+            "node_histogram": split.node_histogram(),
+            "heavy_atom_histogram": {int(k): int(c) for k, c in zip(heavy, heavy_counts)},
+            "type_counts": {a: int(c) for a, c in zip(ATOM_TYPES, counts)},
+            "type_shares": {a: int(c) / total for a, c in zip(ATOM_TYPES, counts)}}
+
+
+def load_split(name: str, cache: Path | None = None, arrays: dict | None = None,
+               max_heavy_atoms: int = 0) -> QM9Split:
+    """One of SPLITS as tensors (positions centred), restricted to molecules with at most max_heavy_atoms heavy
+    atoms (0 = all; see split_rows). Padded to 29 atoms."""
+    _check_split_name(name)
     arrays = arrays if arrays is not None else load_arrays(cache)
-    splits = edm_split_indices(len(arrays["index"]))
-    if name in ("first_half", "second_half"):
-        rows = edm_half_indices(splits["train"])[name]
-    else:
-        rows = splits[name]
+    rows = split_rows(name, arrays, max_heavy_atoms)
     types = torch.from_numpy(arrays["types"][rows].astype(np.int64))
     mask = types >= 0
     pos = torch.from_numpy(arrays["positions"][rows]).float()

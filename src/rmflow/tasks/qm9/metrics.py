@@ -200,12 +200,14 @@ def _rate(num: float, den: float) -> float:
 
 
 def evaluate_molecules(positions, types, mask, training_smiles: set | None = None,
-                       batch: int = 2048) -> dict[str, float]:
+                       batch: int = 2048, known_sets: dict[str, set] | None = None) -> dict[str, float]:
     """EDM's metrics for B molecules: positions (B, N, 3) Å, types (B, N) 0..4, mask (B, N).
 
     Returns atom_stable (stable atoms / real atoms), mol_stable, valid, unique (of valid), novel (of unique;
-    only when training_smiles is given) and the counts. Empty input gives NaN rates, never an exception; mismatched
-    shapes or a real atom's type outside 0..4 raise ValueError."""
+    only when training_smiles is given) and the counts; for every (name, smiles set) of known_sets also
+    name = unique SMILES outside that set / unique (e.g. novelty against all of QM9, not only the training part).
+    Empty input gives NaN rates, never an exception; mismatched shapes or a real atom's type outside 0..4 raise
+    ValueError."""
     positions, types, mask = _checked(positions, types, mask)
     n_mol = positions.shape[0]
     n_atoms, n_stable_atoms, n_stable_mols = 0, 0, 0
@@ -222,6 +224,8 @@ def evaluate_molecules(positions, types, mask, training_smiles: set | None = Non
            "num_molecules": float(n_mol)}
     if training_smiles is not None:
         out["novel"] = _rate(len(unique - training_smiles), len(unique))
+    for name, known in (known_sets or {}).items():
+        out[name] = _rate(len(unique - known), len(unique))
     return out
 
 
