@@ -317,6 +317,7 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
             f"{k} {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for k, v in ll.items()), ""]
     summary = summary_table(res)
     text = "\n".join(["## Summary: RMF-1 against each baseline (win / tie / loss per metric)", "", summary, "",
+                      "## TV½ and sliced W2, means over seeds", "", means_table(res, ("tv_half", "sliced_w2")), "",
                       "## Per target", "", *lines])
     if md:
         md.write_text(text + "\n")
@@ -350,6 +351,21 @@ def summary_table(res) -> str:
         cells.append(f"{_values(results, 'FM-100', 'tv_half').mean() / floor:.2f}")
         cells.append(f"{_values(results, 'FM-100', 'mode_err').mean():.3f}")
         lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def means_table(res, keys, labels=("RMF-1", "control MF-1", "MF-8", "MF-32", "FM-100")) -> str:
+    """Rows = targets; per metric the data floor, then each label's mean over seeds ('–' where it did not run)."""
+    head = ["target", "seeds"] + [f"{k} {name}" for k in keys for name in ("floor", *labels)]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for target, results in res.items():
+        cells = [target, str(len(results))]
+        for k in keys:
+            cells.append(f"{np.mean([r['data'][k] for r in results]):.3f}")
+            for label in labels:
+                v = _values(results, label, k)
+                cells.append(f"{v.mean():.3f}" if len(v) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -423,6 +439,31 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
     plt.close(fig)
 
 
+PROBE_SAMPLERS = {"control": ["meanflow@1", "meanflow@8"], "fm": ["fm@100"], "imf": ["meanflow@1", "meanflow@8"]}
+
+
+def probe(target: str, seed: int, method: str, out: Path, tag: str, overrides: list[str], points: int, log) -> dict:
+    """One baseline alone ('control' = MeanFlow, 'fm' = flow matching, 'imf'), with `overrides` (e.g. more steps,
+    another optimiser setting): held-out rows at `points` evenly spaced steps and the training log's trace (L_CMFM,
+    pre-clip gradient norm, max ‖du/dt‖). The diagnostics behind RESULTS §1's plateau notes and METHOD §9."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    cfg = target_config(target, seed, out / "probe" / tag, overrides, method)
+    tr = Trainer(cfg, cfg.run_dir)
+    reference = tr.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+    rows, t0 = [], time.perf_counter()
+    for i in range(points):
+        tr.train(round(cfg.train.steps * (i + 1) / points))
+        rows += _rows(tr, reference, PROBE_SAMPLERS[method], seed)
+        log(f"[{target} s{seed} {tag}] " + _brief(rows[-len(PROBE_SAMPLERS[method]):]))
+    trace = [{k: v for k, v in json.loads(line).items() if k in ("step", "cmfm", "grad_norm", "dudt_norm_max")}
+             for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    result = {"target": target, "seed": seed, "method": method, "tag": tag, "overrides": list(overrides),
+              "rows": rows, "trace": trace, "seconds": time.perf_counter() - t0}
+    _write(out / "probe" / f"{target}-s{seed}-{tag}.json", result)
+    return result
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -448,6 +489,15 @@ def main(argv=None) -> None:
     s2.add_argument("root", type=Path)
     s2.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
     s2.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    pr = sub.add_parser("probe", help="one baseline alone with overrides: held-out rows at --points steps and the "
+                        "loss / gradient trace (diagnostics)")
+    pr.add_argument("--target", required=True)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--method", choices=sorted(PROBE_SAMPLERS), default="control")
+    pr.add_argument("--tag", required=True, help="names the result: <out>/probe/<target>-s<seed>-<tag>.json")
+    pr.add_argument("--out", type=Path, default=Path("runs/suite"))
+    pr.add_argument("--points", type=int, default=8)
+    pr.add_argument("overrides", nargs="*")
     q = sub.add_parser("report")
     q.add_argument("root", type=Path)
     q.add_argument("--md", type=Path)
@@ -458,6 +508,9 @@ def main(argv=None) -> None:
         return
     if a.cmd == "stage2":
         rerun_stage2(a.root, a.targets, a.seeds, lambda m: print(m, flush=True))
+        return
+    if a.cmd == "probe":
+        probe(a.target, a.seed, a.method, a.out, a.tag, a.overrides, a.points, lambda m: print(m, flush=True))
         return
     if a.cmd == "variants":
         add_variants(a.root, a.targets, a.seeds, _parse_variants(a.variant), lambda m: print(m, flush=True))

@@ -38,6 +38,16 @@ def test_cli_run_train_evaluate_sample(tmp_path, capsys):
     out = tmp_path / "x.npy"
     assert main(["sample", str(run), "--out", str(out), "--num-samples", "50"]) == 0
     assert np.load(out).shape == (50, 2)
+    # classifier-free guidance: ω = 1 is no guidance; an unconditional run refuses ω != 1 with one error line
+    assert main(["sample", str(run), "--out", str(out), "--num-samples", "20", "--sampler", "meanflow@2",
+                 "--guidance", "1"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--out", str(out), "--num-samples", "20", "--guidance", "2.5"]) == 2
+    assert "rmflow:w=2.5" in capsys.readouterr().err and np.load(out).shape == (20, 2)
+    assert main(["sample", str(run), "--out", str(out), "--sampler", "rmflow:w=2", "--guidance", "2"]) == 2
+    assert "once" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--samplers", "meanflow@2:w=two"]) == 2
+    assert "guidance suffix" in capsys.readouterr().err
     # a second run only loads the finished runs and evaluates them
     capsys.readouterr()
     assert main(["run", str(config), f"out_dir={tmp_path}", "--methods", "rmflow"]) == 0

@@ -3,8 +3,9 @@
     rmflow compare CONFIG [key=value ...]         train + evaluate every method of the config's `compare` section
                                                   (--methods a,b: a subset; --train-only: no scoring); alias `run`
     rmflow train CONFIG [key=value ...]           train one model (resumes if the run folder has checkpoints)
-    rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run
-    rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run
+    rmflow evaluate RUN_DIR [--samplers ...]       evaluate a trained run (samplers: rmflow, meanflow@K, fm@K,
+                                                  fm_heun@K; ':w=SCALE' adds classifier-free guidance)
+    rmflow sample RUN_DIR --out FILE.npy [...]     draw samples from a trained run (--guidance SCALE: CFG)
     rmflow export RUN_DIR OUT_DIR                  a self-contained folder for rmflow.load (config + weights)
     rmflow presets                                 list the bundled configs
     rmflow bench CONFIG [key=value ...] [--steps N]  step time, memory and sampling speed of FM/MeanFlow/RMFlow
@@ -66,13 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p = sub.add_parser("evaluate", help="evaluate a trained run or exported folder (writes RUN_DIR/eval.json)")
     p.add_argument("run_dir")
-    p.add_argument("--samplers", nargs="+", default=None, help="e.g. rmflow meanflow@8 fm@100")
+    p.add_argument("--samplers", nargs="+", default=None,
+                   help="e.g. rmflow meanflow@8 fm@100; a suffix :w=SCALE samples with classifier-free guidance "
+                        "at that scale (meanflow@8:w=2.5; a list of them sweeps ω)")
     p.add_argument("--num-samples", type=_positive, default=None)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("sample", help="draw samples from a trained run or exported folder")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="output .npy file")
-    p.add_argument("--sampler", default="rmflow", help="rmflow, meanflow@K, fm@K or fm_heun@K")
+    p.add_argument("--sampler", default="rmflow", help="rmflow, meanflow@K, fm@K or fm_heun@K (optionally "
+                   "with :w=SCALE, the same as --guidance)")
+    p.add_argument("--guidance", type=float, default=None, metavar="SCALE",
+                   help="classifier-free guidance scale ω >= 0 (conditional runs): the network's own ω input if it "
+                        "was trained with one (1 NFE per step), else standard CFG (2 NFE per step); 1 = none")
     p.add_argument("--num-samples", type=_positive, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("export", help="write a self-contained folder (config.yaml + model.safetensors) of a run")
@@ -195,6 +202,11 @@ def _sample(args) -> None:
     import numpy as np
 
     from .config import ConfigError, check_samplers
+    if args.guidance is not None:
+        if ":" in args.sampler:
+            raise ConfigError(f"--guidance {args.guidance:g} and a sampler with its own scale ({args.sampler}): "
+                              "give the scale once")
+        args.sampler = f"{args.sampler}:w={args.guidance!r}"
     check_samplers([args.sampler])
     out = Path(args.out)
     if not out.parent.is_dir():

@@ -10,6 +10,7 @@ that tasks define without importing a validation library.)
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,28 @@ class TimeConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Classifier-free guidance in training (flow/cmfm.py); the defaults switch it off (no dropout, ω = 1)."""
+    p_drop: float = 0.0            # each row's condition is replaced by the null condition (zeros) with this probability
+    w_min: float = 1.0             # guidance scale ω ~ Uniform[w_min, w_max] per kept row (dropped rows: ω = 1); the
+    w_max: float = 1.0             # target becomes ω·v + (1 − ω)·u_θ(x_t, t, t | ∅). w_min < w_max needs a network
+                                   # that takes ω as an input (e.g. UNet guidance_embed); w_min = w_max ≠ 1 bakes
+                                   # one scale into a plain network (sample it with ω = 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.p_drop > 0 or self.w_min != 1 or self.w_max != 1
+
+    def validate(self, key: str) -> None:
+        check(0 <= self.p_drop < 1, f"{key}.p_drop", f"must be in [0, 1), got {self.p_drop}")
+        check(self.w_min >= 0, f"{key}.w_min", f"must be >= 0, got {self.w_min}")
+        check(self.w_min <= self.w_max, f"{key}.w_max", f"must be >= w_min ({self.w_min}), got {self.w_max}")
+        check(not (self.w_min != 1 or self.w_max != 1) or self.p_drop > 0, f"{key}.p_drop",
+              "must be > 0 when w_min or w_max != 1: the guided target needs the unconditional velocity "
+              "u(x_t, t, t | ∅), which only rows trained with the null condition teach")
+
+
+@dataclass
 class FlowConfig:
     sigma: float = 0.0             # data smoothing x1 = x_data + σ·ε1, 0 <= σ < σ_min
     adaptive_p: float = 0.0        # adaptive loss weight 1/(‖Δ‖² + c)^p; p = 0 is plain MSE, the only p whose
@@ -51,9 +74,11 @@ class FlowConfig:
     objective: Literal["meanflow", "imf"] = "meanflow"   # imf: improved MeanFlow (Geng et al. 2025, arXiv 2512.02012),
                                    # ‖u_θ - (r-t)·sg(du/dt) - v‖² with the model's own u(x_t, t, t) as the JVP tangent
     time: TimeConfig = field(default_factory=TimeConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)   # classifier-free guidance (conditional tasks)
 
     def validate(self, key: str) -> None:
         check(self.sigma >= 0, f"{key}.sigma", "must be >= 0")
+        self.guidance.validate(f"{key}.guidance")
         check(self.adaptive_p >= 0, f"{key}.adaptive_p", "must be >= 0")
         check(self.adaptive_c > 0, f"{key}.adaptive_c", "must be > 0")
         self.time.validate(f"{key}.time")
@@ -76,10 +101,11 @@ class RMFlowConfig:
     teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step); conditional
                                    # data: for as many training conditions, drawn once
     nll_focus: float = 0.5         # share of the L_NLL batch taken from the hardest of 4·B candidates
-    nll_batch: float = 1.0         # share of the batch whose pairs form L_NLL (< 1: a cheaper, noisier step)
-    batch_split: bool = False      # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both
-    focus_errors: Literal["fresh", "stored"] = "fresh"   # fresh: score the focus candidates every step | stored: each bank pair's
-                                   # error from its last use (no candidate forward; needs teacher_bank)
+    nll_batch: float = 0.5         # share of the batch whose pairs form L_NLL (1: every row, a costlier step)
+    batch_split: bool = True       # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both
+    focus_errors: Literal["auto", "fresh", "stored"] = "auto"   # fresh: score the focus candidates every step |
+                                   # stored: each bank pair's error from its last use (no candidate forward; needs
+                                   # teacher_bank and nll_focus) | auto: stored when both are on, else fresh
     teacher_filter: float = 0.99   # q in (0, 1): drop bank pairs whose partner lies farther from the data than the
                                    # q-quantile of the data's own nearest-neighbour distances (0: keep all); for
                                    # unconditional, unmasked data (a conditional bank is not filtered)
@@ -90,6 +116,13 @@ class RMFlowConfig:
     mixture_hidden: int = 256      # width of the mixture refiner's MLP g(x0, x̂1)
     mixture_pick: Literal["argmax", "sample"] = "argmax"   # how the sampler chooses the mixture component
     sigma_c: float = 1e-3          # guided-encoding source noise
+
+    @property
+    def stored_focus_errors(self) -> bool:
+        """Whether the focus reads each bank pair's stored error (focus_errors 'stored', or 'auto' with a bank and
+        a focus) instead of scoring fresh candidates every step."""
+        with_bank = bool(self.teacher_bank and self.nll_focus)
+        return self.focus_errors == "stored" or (self.focus_errors == "auto" and with_bank)
 
     def validate(self, key: str, sigma: float) -> None:
         check(self.lambda_nll >= 0, f"{key}.lambda_nll", "must be >= 0")
@@ -106,7 +139,8 @@ class RMFlowConfig:
         check(0 <= self.nll_focus < 1, f"{key}.nll_focus", "must be in [0, 1)")
         check(0 < self.nll_batch <= 1, f"{key}.nll_batch", "must be in (0, 1]")
         check(not (self.batch_split and self.nll_batch >= 1), f"{key}.batch_split",
-              "gives ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: needs rmflow.nll_batch < 1")
+              "gives ⌈nll_batch·B⌉ rows to L_NLL and the rest to L_CMFM: needs rmflow.nll_batch < 1 (or "
+              "rmflow.batch_split=false: L_NLL on extra rows, the full batch for L_CMFM)")
         check(not (self.focus_errors == "stored" and not (self.teacher_bank and self.nll_focus)),
               f"{key}.focus_errors", "'stored' keeps an error per bank pair: needs teacher_bank > 0 and nll_focus > 0")
         check(0 <= self.teacher_filter < 1, f"{key}.teacher_filter", "must be in [0, 1)")
@@ -124,6 +158,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999      # AdamW's second-moment decay (its β1 is 0.9)
     warmup_steps: int = 100
     lr_schedule: Literal["constant", "cosine", "cosine_stages"] = "cosine_stages"   # cosine: decay to 0 from
                                    # lr_decay_start to steps; cosine_stages: warm-up + decay per stage (restart at
@@ -145,6 +180,7 @@ class TrainConfig:
             check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         check(self.lr > 0, f"{key}.lr", "must be > 0")
         check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        check(0 < self.adam_beta2 < 1, f"{key}.adam_beta2", "must be in (0, 1)")
         check(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
         check(0 <= self.lr_decay_start < self.steps, f"{key}.lr_decay_start", f"must be in [0, steps={self.steps})")
         check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
@@ -176,14 +212,36 @@ def check_samplers(specs, key: str = "") -> None:
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
-    """'meanflow@8' -> ('meanflow', 8); 'rmflow' -> ('rmflow', 1); 'fm@100' -> ('fm', 100)."""
-    name, _, steps = str(spec).partition("@")
+    """'meanflow@8' -> ('meanflow', 8); 'rmflow' -> ('rmflow', 1); 'fm@100' -> ('fm', 100). A guidance suffix
+    (parse_sampler_spec) is checked and left out."""
+    return parse_sampler_spec(spec)[:2]
+
+
+def parse_sampler_spec(spec: str) -> tuple[str, int, float | None]:
+    """NAME[@K][:w=ω] -> (name, k, ω or None): 'meanflow@8:w=2.5' -> ('meanflow', 8, 2.5), 'rmflow' ->
+    ('rmflow', 1, None). ω is the classifier-free guidance scale (flow/samplers.py), a finite number >= 0."""
+    base, colon, suffix = str(spec).partition(":")
+    guidance = None
+    if colon:
+        key, eq, value = suffix.partition("=")
+        try:
+            guidance = float(value) if key.strip() == "w" and eq else None
+        except ValueError:
+            pass
+        if guidance is None or not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"bad guidance suffix ':{suffix}' in sampler {spec!r}; write NAME[@K]:w=SCALE with a "
+                             "scale >= 0, e.g. meanflow@8:w=2.5")
+    name, _, steps = base.partition("@")
     if name not in ("rmflow", "meanflow", "fm", "fm_heun"):
-        raise ValueError(f"unknown sampler {name!r}; use rmflow, meanflow@K, fm@K or fm_heun@K")
-    k = int(steps) if steps else (100 if name.startswith("fm") else 1)
+        raise ValueError(f"unknown sampler {name!r}; use rmflow, meanflow@K, fm@K or fm_heun@K (optionally "
+                         "followed by :w=SCALE)")
+    try:
+        k = int(steps) if steps else (100 if name.startswith("fm") else 1)
+    except ValueError:
+        raise ValueError(f"bad step count in sampler {spec!r}") from None
     if k < 1 or (name == "rmflow" and k != 1):
         raise ValueError(f"bad step count in sampler {spec!r}")
-    return name, k
+    return name, k, guidance
 
 
 @dataclass

@@ -36,3 +36,15 @@ def test_run_then_stage2_reproduces_the_result(suite, tmp_path, monkeypatch):
     assert second["final"] == first["final"] and second["curves"] == first["curves"]
     assert second["likelihood"] == first["likelihood"]
     assert "RMF-1" in suite.report(tmp_path, None, None)
+
+
+def test_probe_records_rows_at_each_point_and_the_training_trace(suite, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "NETWORK", {"hidden": 16, "depth": 1})
+    suite.main(["probe", "--target", "ring8", "--tag", "b2", "--out", str(tmp_path), "--points", "3", *TINY,
+                "train.steps=12", "train.log_every=4", "train.adam_beta2=0.99"])
+    result = json.loads((tmp_path / "probe" / "ring8-s0-b2.json").read_text())
+    assert [(r["sampler"], r["step"]) for r in result["rows"]] == [
+        (s, k) for k in (4, 8, 12) for s in ("meanflow@1", "meanflow@8")]
+    assert [t["step"] for t in result["trace"]] == [4, 8, 12]
+    assert {"cmfm", "grad_norm", "dudt_norm_max"} <= set(result["trace"][0])
+    assert "train.adam_beta2=0.99" in result["overrides"]

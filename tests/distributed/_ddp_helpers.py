@@ -33,7 +33,8 @@ def config(batch_size: int):
         "flow": {"adaptive_p": 1.0, "adaptive_c": 1e-3},
         "rmflow": {"lambda_nll": 0.5, "sigma_min": 0.1, "pairing": "teacher", "teacher_steps": 2,
                    "nll_start_step": 1, "teacher_source": "model", "teacher_sampler": "meanflow",
-                   "teacher_bank": 0, "teacher_filter": 0.0, "nll_focus": 0.0, "refine": "fixed"},
+                   "teacher_bank": 0, "teacher_filter": 0.0, "nll_focus": 0.0, "refine": "fixed", "nll_batch": 1.0,
+                   "batch_split": False},
         "train": {"lr_schedule": "constant", "batch_size": batch_size, "lr": 1e-2, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.9,
                   "num_threads": 1, "progress": False, "log_every": 1, "ckpt_every": 1000},
     })

@@ -14,7 +14,7 @@ def make_cfg(cache, **task):
     data = {"name": "t", "task": {"name": "qm9", "max_train": 300, "cache": str(cache), **task},
             "model": {"hidden": 8, "layers": 2, "time_dim": 8, "edge_mlp": False, "encoder_hidden": 8},
             "rmflow": {"lambda_nll": 0.02, "sigma_min": 0.01, "pairing": "teacher", "teacher_steps": 2,
-                       "nll_start_step": 2, "sigma_c": 1.0, "lambda_enc": 1e-3},
+                       "nll_start_step": 2, "sigma_c": 1.0, "lambda_enc": 1e-3, "teacher_bank": 64},
             "train": {"steps": 4, "batch_size": 4, "progress": False, "warmup_steps": 0},
             "eval": {"num_samples": 6, "samplers": ["rmflow", "meanflow@2"]}}
     return build_config(data)

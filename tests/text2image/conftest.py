@@ -27,7 +27,7 @@ def _tiny_config(tmp_path, **over):
                       "lora": {"rank": 2, "alpha": 4.0, "lr": 1e-2}},
             "flow": {"time": {"ratio_neq": 0.5}},
             "rmflow": {"lambda_nll": 0.5, "lambda_enc": 1e-3, "sigma_min": 0.05, "sigma_c": 1.0,
-                       "pairing": "teacher", "teacher_steps": 2, "nll_start_step": 2},
+                       "pairing": "teacher", "teacher_steps": 2, "nll_start_step": 2, "teacher_bank": 64},
             "train": {"steps": 4, "batch_size": 8, "warmup_steps": 0, "ema_decay": 0.5, "progress": False,
                       "ckpt_every": 2, "log_every": 2},
             "eval": {"num_samples": 40, "samplers": ["rmflow"]}}

@@ -58,3 +58,23 @@ def test_resume_across_the_stage_boundary(tmp_path, text_encoder, tiny_config):
     assert resumed.resume() and resumed.step == 3 and is_adapted(resumed.model)
     resumed.train()
     assert resumed.history == full.history
+
+
+def test_guidance_as_an_input_through_both_stages(tmp_path, text_encoder, tiny_config):
+    """flow.guidance with ω as the U-Net's input: both stages train, one network answers every ω in one step, and
+    its output at ω = 2 differs from ω = 1 (the scale reaches the network); a plain U-Net refuses the range."""
+    import pytest
+
+    from rmflow.errors import ConfigError
+    cfg = tiny_config(tmp_path, **{"model.guidance_embed": "true", "flow.guidance.p_drop": 0.2,
+                                   "flow.guidance.w_min": 1.0, "flow.guidance.w_max": 3.0})
+    tr = LoRATrainer(cfg, tmp_path / "run")
+    tr.train(cfg.train.steps)
+    model, b = tr.ema.shadow, tr.task.batch(6)
+    with torch.no_grad():
+        x0 = model.draw_source(b.x, b.cond, generator=torch.Generator().manual_seed(0))
+        one, two = (sample(model, x0, "rmflow", 1, b.cond, guidance=w) for w in (1.0, 2.0))
+    assert one.nfe == two.nfe == 1 and torch.isfinite(two.x).all() and not torch.equal(one.x, two.x)
+    with pytest.raises(ConfigError, match="guidance"):
+        LoRATrainer(tiny_config(tmp_path, **{"flow.guidance.p_drop": 0.2, "flow.guidance.w_max": 3.0}),
+                    tmp_path / "plain")

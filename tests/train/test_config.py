@@ -15,6 +15,7 @@ def test_presets_load_and_overrides_apply():
     (["rmflow.sigma_c=-0.1"], "rmflow.sigma_c"),
     (["rmflow.pairing=nearest"], "rmflow.pairing"),
     (["train.lr=0"], "train.lr"),
+    (["train.adam_beta2=1"], "train.adam_beta2"),
     (["train.stepz=3"], "train.stepz"),
     (["task.dataset=spiral"], "task.dataset"),
     (["model.depth=0"], "model.depth"),
@@ -26,13 +27,21 @@ def test_presets_load_and_overrides_apply():
     (["rmflow.refine=mixtures"], "rmflow.refine"),
     (["rmflow.mixture_components=1"], "rmflow.mixture_components"),
     (["rmflow.mixture_pick=mode"], "rmflow.mixture_pick"),
-    (["rmflow.batch_split=true"], "rmflow.batch_split"),
+    (["rmflow.batch_split=true", "rmflow.nll_batch=1"], "rmflow.batch_split"),
     (["rmflow.focus_errors=old"], "rmflow.focus_errors"),
     (["rmflow.focus_errors=stored", "rmflow.nll_focus=0"], "rmflow.focus_errors"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_config("ring", override)
+
+
+@pytest.mark.parametrize("override,stored", [
+    ([], True),                                               # the default: a bank and a focus -> stored errors
+    (["rmflow.nll_focus=0"], False), (["rmflow.teacher_bank=0", "rmflow.teacher_filter=0"], False),
+    (["rmflow.focus_errors=fresh"], False), (["rmflow.focus_errors=stored"], True)])
+def test_focus_errors_auto_reads_stored_errors_only_with_a_bank_and_a_focus(override, stored):
+    assert load_config("ring", override).rmflow.stored_focus_errors is stored
 
 
 def test_unknown_preset_lists_presets():

@@ -20,6 +20,11 @@ forward evaluates both terms' rows, so a likelihood-stage step costs about what 
 teacher's instantaneous velocity u_T(x_t, t, t) instead of x1 − x0 (flow/cmfm.py). Both terms then have the same
 minimiser — the teacher's ODE map, whose k-step Euler version is L_NLL's partner — and L_CMFM loses its
 conditional variance, which otherwise drowns L_NLL's gradient (docs/METHOD.md §8).
+
+`guidance` (a `ClassifierFreeGuidance`, flow/cmfm.py): classifier-free guidance of L_CMFM. Each step first drops
+conditions (rows → ∅) and draws the scales ω, then draws x0 from the source with the dropped condition, and L_CMFM
+regresses the guided velocity ṽ (with `cmfm_velocity = "teacher"`: ω·u_T(·|c) + (1 − ω)·u_T(·|∅)). L_NLL's pairs and
+λ2's penalty use the real condition: the likelihood term trains the conditional map at ω = 1.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cmfm import CMFMLoss, masked_sq_norm
+from .cmfm import ClassifierFreeGuidance, CMFMLoss, masked_sq_norm
 from .model import RMFlow
 from .pairing import Pairing, minibatch_ot_permutation
 from .rows import cond_rows
@@ -61,8 +66,9 @@ class RMFlowObjective(nn.Module):
     def __init__(self, model: RMFlow, cmfm: CMFMLoss, pairing: Pairing | None = None, sigma: float = 0.0,
                  sigma_min: float = 0.1, lambda_nll: float = 0.0, lambda_enc: float = 0.0,
                  schedule: LikelihoodSchedule = LikelihoodSchedule(), path_coupling: str = "independent",
-                 cmfm_velocity: str = "data"):
+                 cmfm_velocity: str = "data", guidance: ClassifierFreeGuidance | None = None):
         super().__init__()
+        self.guidance = guidance if guidance is not None and guidance.enabled else None
         if cmfm_velocity not in ("data", "teacher"):
             raise ValueError(f"cmfm_velocity must be 'data' or 'teacher', got {cmfm_velocity!r}")
         if cmfm_velocity == "teacher" and pairing is not None and not hasattr(pairing, "teacher"):
@@ -95,11 +101,14 @@ class RMFlowObjective(nn.Module):
         """x_data: (B, *D) clean data; cond: the condition (task-defined) or None; mask: real entries."""
         model, space = self.model, self.model.space
         x1 = x_data + self.sigma * space.randn_like(x_data, mask) if self.sigma > 0 else x_data
-        x0 = model.draw_source(x_data, cond, mask)
+        cmfm_cond, draw = cond, None   # L_CMFM's condition: with guidance, dropped rows are ∅
+        if self.guidance is not None:
+            cmfm_cond, draw = self.guidance.draw(cond, x_data.shape[0], x_data.device)
+        x0 = model.draw_source(x_data, cmfm_cond, mask)
         if self.path_coupling == "minibatch_ot":
             x0 = x0[minibatch_ot_permutation(x0, x1)]
         if not self.nll_active:
-            out = self.cmfm(model, x0, x1, cond, mask)
+            out = self.cmfm(model, x0, x1, cmfm_cond, mask, guidance=draw)
             return self._with_encoder_penalty(out.loss, self._cmfm_stats(out), x_data, cond, mask)
         n = x_data.shape[0]
         k = math.ceil(self.schedule.fraction * n)
@@ -110,11 +119,12 @@ class RMFlowObjective(nn.Module):
         velocity = self._teacher_velocity if self.cmfm_velocity == "teacher" else None
         if self.schedule.split:   # rows k.. carry L_CMFM, rows ..k L_NLL: one forward of n rows evaluates both
             rest = slice(k, None)
-            out = self.cmfm(model, x0[rest], x1[rest], cond_rows(cond, rest), cond_rows(mask, rest),
-                            extra=(pairs.x0, zeros, ones, pairs.cond, pairs.mask), velocity=velocity)
+            out = self.cmfm(model, x0[rest], x1[rest], cond_rows(cmfm_cond, rest), cond_rows(mask, rest),
+                            extra=(pairs.x0, zeros, ones, pairs.cond, pairs.mask), velocity=velocity,
+                            guidance=None if draw is None else draw.rows(rest))
             x_hat = pairs.x0 + out.extra
         else:
-            out = self.cmfm(model, x0, x1, cond, mask, velocity=velocity)
+            out = self.cmfm(model, x0, x1, cmfm_cond, mask, velocity=velocity, guidance=draw)
             x_hat = pairs.x0 + model(pairs.x0, zeros, ones, pairs.cond, pairs.mask)
         stats = self._cmfm_stats(out)
         self.pairing.observe(pairs, x_hat)

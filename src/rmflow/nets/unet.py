@@ -8,6 +8,11 @@ Times enter as (t, r - t) through TimePairEmbedding. The caption embedding is ad
 attend to (cross-attention). Attention is written out as softmax(Q Kᵀ/√d) V with ordinary tensor operations (no
 fused scaled_dot_product_attention kernel), so torch.func.jvp runs through it. Layer names (to_q, to_k, to_v,
 to_out, conv1, conv2, emb_proj, cond_proj) are stable so that LoRA can target them by name.
+
+Guidance scale as an input (`guidance_embed=True`, improved MeanFlow's CFG conditioning, flow/cmfm.py): the scale ω
+of cond["guidance"] (B,) enters as sinusoidal features of ω (frequencies 1 down to 1/100 radian per unit of ω)
+through a small MLP, added to the time embedding; a condition without "guidance" means ω = 1. Built without it
+(the default: no extra parameters, the same initial weights), the net refuses a condition that carries "guidance".
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import TimePairEmbedding
+from .embeddings import SinusoidalEmbedding, TimePairEmbedding
 from .norms import GroupNorm, LayerNorm
 
 
@@ -97,18 +102,33 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+class GuidanceEmbedding(nn.Module):
+    """ω: (B,) -> (B, out_dim): an MLP over sinusoidal features of ω."""
+
+    def __init__(self, out_dim: int, freq_dim: int = 64):
+        super().__init__()
+        self.features = SinusoidalEmbedding(freq_dim, scale=1.0, max_period=100.0)
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, scale: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(scale))
+
+
 class UNet(nn.Module):
     """u(x, t, r, cond, mask) on (B, C, H, W); H and W divisible by 2^(len(channel_mult) - 1).
 
     channel_mult gives the width of each resolution level (× channels); attention runs at the levels listed in
     attn_levels (0 = full resolution) and in the middle block. cond_dim = 0 builds an unconditional net.
     time_scale multiplies t and r - t before the sinusoidal features (1000 as in DDPM-style nets; a smaller scale
-    gives smaller ∂u/∂t and so a tamer MeanFlow target v + (r - t)·du/dt).
+    gives smaller ∂u/∂t and so a tamer MeanFlow target v + (r - t)·du/dt). guidance_embed: take the guidance scale
+    ω as cond["guidance"] (module docstring).
     """
+
+    takes_guidance = False
 
     def __init__(self, in_channels: int, channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
                  attn_levels=(1,), cond_dim: int = 384, num_tokens: int = 4, heads: int = 4,
-                 time_freq_dim: int = 64, time_scale: float = 1000.0):
+                 time_freq_dim: int = 64, time_scale: float = 1000.0, guidance_embed: bool = False):
         super().__init__()
         self.in_channels, self.levels = in_channels, len(channel_mult)
         emb_dim = 4 * channels
@@ -149,6 +169,9 @@ class UNet(nn.Module):
                                              nn.Conv2d(ch, ch, 3, padding=1)))
         self.norm_out = GroupNorm(_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        if guidance_embed:   # created last: the other layers draw the same initial weights as without it
+            self.takes_guidance = True
+            self.guidance_emb = GuidanceEmbedding(emb_dim, time_freq_dim)
 
     @staticmethod
     def text_of(cond) -> torch.Tensor | None:
@@ -160,6 +183,13 @@ class UNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         emb = self.time_emb(t, r)
+        scale = cond.get("guidance") if isinstance(cond, dict) else None
+        if self.takes_guidance:
+            scale = torch.ones_like(t) if scale is None else scale.reshape(-1).expand(x.shape[0]).to(t.dtype)
+            emb = emb + self.guidance_emb(scale)
+        elif scale is not None:
+            raise ValueError("this UNet was built without guidance_embed and cannot take the guidance scale "
+                             "cond['guidance']: build it with guidance_embed=True, or sample it with standard CFG")
         context = None
         text = self.text_of(cond) if self.cond_dim else None
         if text is not None:

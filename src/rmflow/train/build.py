@@ -9,14 +9,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config, load_config
+from ..config import Config, ConfigError, load_config
 from ..flow import (CMFMLoss, IndependentPairing, InversePairing, LikelihoodSchedule, MinibatchOTPairing, Pairing,
                     RMFlowObjective, SelfPairing, TeacherPairing, TimeSampler, to_device)
+from ..flow.cmfm import ClassifierFreeGuidance
+from ..flow.samplers import takes_guidance
 from ..tasks import Task, get_task
 from .checkpoint import latest_good_checkpoint
 from .ema import EMA
 
-FILTER_SEED, BANK_SEED = 1_000_003, 2_000_003   # offsets of the fixed data samples' own random streams
+FILTER_SEED, BANK_SEED, PROBE_SEED = 1_000_003, 2_000_003, 3_000_003   # offsets of the fixed data samples' own random streams
 
 
 def build_task(cfg: Config) -> Task:
@@ -44,7 +46,7 @@ def build_pairing(cfg: Config, model: nn.Module, task: Task, device: torch.devic
     if rm.teacher_filter > 0 and conditions is None:   # the filter compares with unconditional data only
         reference = _fixed_sample(task, rm.filter_reference, cfg.seed + FILTER_SEED).x.to(device)
     return TeacherPairing(model, rm.teacher_steps, rm.teacher_sampler, bank=rm.teacher_bank, bank_seed=cfg.seed,
-                          focus=rm.nll_focus, stored_errors=rm.focus_errors == "stored",
+                          focus=rm.nll_focus, stored_errors=rm.stored_focus_errors,
                           filter_q=rm.teacher_filter if reference is not None else 0.0,
                           filter_reference=reference, bank_conditions=conditions)
 
@@ -53,6 +55,29 @@ def _fixed_sample(task: Task, n: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return task.batch(n)
+
+
+def build_guidance(cfg: Config, model: nn.Module, task: Task) -> ClassifierFreeGuidance | None:
+    """Classifier-free guidance of L_CMFM (flow.guidance), None when off. Raises ConfigError, naming the key, for an
+    unconditional task, a range of ω for a network that does not take ω, or ω as an input without a dict
+    condition."""
+    g = cfg.flow.guidance
+    if not g.enabled:
+        return None
+    probe = _fixed_sample(task, 2, cfg.seed + PROBE_SEED).cond   # its own random stream: training is unchanged
+    key = "flow.guidance.p_drop" if g.p_drop > 0 else "flow.guidance.w_max"
+    if probe is None:
+        raise ConfigError(f"config key '{key}': classifier-free guidance needs a conditional task; task "
+                          f"{cfg.task.name!r} (as configured) has no condition")
+    as_input = takes_guidance(model)
+    if g.w_min < g.w_max and not as_input:
+        raise ConfigError(f"config key 'flow.guidance.w_max': a range of guidance scales [{g.w_min}, {g.w_max}] "
+                          "needs a network that takes ω as an input (e.g. the U-Net built with guidance_embed); "
+                          "this network does not: set w_min = w_max to bake one scale in")
+    if as_input and not isinstance(probe, dict):
+        raise ConfigError(f"config key '{key}': the network takes ω as cond['guidance'], which needs a dict "
+                          f"condition; task {cfg.task.name!r} gives a {type(probe).__name__}")
+    return ClassifierFreeGuidance(g.p_drop, g.w_min, g.w_max, as_input)
 
 
 def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.device) -> RMFlowObjective:
@@ -64,8 +89,9 @@ def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.dev
     velocity = rm.cmfm_velocity
     if velocity == "auto":
         velocity = "teacher" if isinstance(pairing, TeacherPairing) else "data"
+    guidance = build_guidance(cfg, model, task)
     return RMFlowObjective(model, cmfm, pairing, f.sigma, rm.sigma_min, rm.lambda_nll, rm.lambda_enc, schedule,
-                           f.path_coupling, velocity).to(device)
+                           f.path_coupling, velocity, guidance).to(device)
 
 
 def build_ema(cfg: Config, model: nn.Module) -> EMA:
@@ -75,7 +101,8 @@ def build_ema(cfg: Config, model: nn.Module) -> EMA:
 
 def build_optimizer(cfg: Config, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr or cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(params, lr=lr or cfg.train.lr, betas=(0.9, cfg.train.adam_beta2),
+                             weight_decay=cfg.train.weight_decay)
 
 
 def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, warm_start: bool = False) -> None:

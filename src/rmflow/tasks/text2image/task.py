@@ -1,5 +1,13 @@
 """The text2image Task: data in pixel or latent space, caption embeddings as conditions, classifier metrics.
 
+MNIST-5k (dataset "mnist"): the caption table has one row per (digit, thickness, size) combination (40 rows, the
+mixed-radix index of `combo_id`), each with MNIST_TEMPLATES' 6 phrasings; the metrics are those of shapes (per
+attribute accuracy acc_digit / acc_thickness / acc_size, acc_seen / acc_heldout on the held-out combinations). Its
+evaluation classifier trains on the training split plus the judge part (data.load_mnist_parts: images of the
+held-out combinations that are not test images and that the generator never sees), with a 4×4 final pooling
+(`MNIST_CLASSIFIER_POOL`: the size attribute is the ink's spread, which a 2×2 pooling of 28×28 features resolves
+poorly).
+
 Folder data (dataset "folder"): the caption table has one row per class (its CLASS_TEMPLATES phrasings) or, with a
 captions file, one row per distinct caption. Metrics: the classifier's (cfd, acc, diversity, the classifier trained on
 the training images and their class sub-folders) only with at least 2 classes; without classes (captions only, or
@@ -16,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import check
 from ...flow import EuclideanSpace
 from ...nets.unet import UNet
 from ..base import Batch, Task, build_rmflow
@@ -29,6 +38,7 @@ from .text import EMBED_DIM, shared_encoder
 # metric -> (column title, format) for result tables (experiment-style runners read this)
 METRIC_FORMAT = {"cfd": ("classifier Fréchet dist.", ".2f"), "acc": ("prompt acc.", ".3f"),
                  "acc_heldout": ("held-out acc.", ".3f"), "diversity": ("diversity (÷ data)", ".3f")}
+MNIST_CLASSIFIER_POOL = 4
 PIXEL_FORMAT = {"pixel_fd": ("pixel Fréchet dist. (≤8×8)", ".3f"),
                 "pixel_diversity": ("pixel diversity (÷ data)", ".3f")}
 
@@ -83,6 +93,7 @@ class Text2ImageTask(Task):
     def _load_data(self) -> None:
         t = self.cfg.task
         self.folder = None
+        self.judge = None                  # mnist: held-out combinations' images for the classifier only
         self.classifier_metrics = True     # the classifier's metrics need class labels
         self.metric_format = METRIC_FORMAT
         if t.dataset == "folder":
@@ -94,6 +105,12 @@ class Text2ImageTask(Task):
             self.num_classes = (10,)
             self.caption_strings = [[D.digit_caption(d, k) for k in range(len(D.DIGIT_TEMPLATES))]
                                     for d in range(10)]
+        elif t.dataset == "mnist":
+            self.train, self.test, self.judge = D.load_mnist_parts(t.image_size, t.test_fraction, t.data_seed)
+            self.attribute_names = D.MNIST_ATTRIBUTES
+            self.num_classes = D.MNIST_NUM_CLASSES
+            self.caption_strings = [[D.mnist_caption(*map(int, c), k) for k in range(len(D.MNIST_TEMPLATES))]
+                                    for c in D.mnist_combinations()]
         else:
             self.train, seen, held = D.load_shapes_split(t.num_train, t.num_test, t.image_size, t.data_seed)
             self.test = D.CaptionedImages(torch.cat([seen.images, held.images]), torch.cat([seen.labels, held.labels]),
@@ -166,6 +183,8 @@ class Text2ImageTask(Task):
         key = {"dataset": t.dataset, "image_size": t.image_size, "num_train": t.num_train, "seed": t.data_seed}
         if self.folder is not None:
             key.update(files=self.folder.fingerprint, channels=self.image_shape[0], test_fraction=t.test_fraction)
+        if t.dataset == "mnist":
+            key.update(test_fraction=t.test_fraction, heldout=[list(c) for c in D.MNIST_HELDOUT])
         return key
 
     def _autoencoder(self) -> ConvAutoencoder:
@@ -194,9 +213,14 @@ class Text2ImageTask(Task):
     # ------------------------------------------------------------------------------------- model
     def build_model(self):
         m = self.cfg.model
+        levels = len(m.channel_mult)
+        side = self.data_shape[-1]
+        check(side % 2 ** (levels - 1) == 0, "model.channel_mult",
+              f"{levels} levels halve the {'latent' if self.autoencoder is not None else 'image'} side "
+              f"{levels - 1} times, so it must be divisible by {2 ** (levels - 1)}; it is {side}")
         net = UNet(self.data_shape[0], m.channels, tuple(int(c) for c in m.channel_mult), m.num_res_blocks,
                    tuple(int(a) for a in m.attn_levels), EMBED_DIM, m.num_tokens, m.heads,
-                   time_scale=m.time_scale)
+                   time_scale=m.time_scale, guidance_embed=m.guidance_embed)
         encoder = CaptionEncoder(self.data_shape, EMBED_DIM, m.encoder_hidden) if m.guided else None
         return build_rmflow(net, self.cfg, self.space, encoder=encoder)
 
@@ -243,23 +267,44 @@ class Text2ImageTask(Task):
     # -------------------------------------------------------------------------------- evaluation
     @property
     def classifier(self) -> AttributeClassifier:
-        """The evaluation classifier (trained on first use, cached). Shapes: trained on every combination,
-        held-out pairs included: it is the judge, not the generator."""
+        """The evaluation classifier (trained on first use, cached). Shapes and mnist: trained on every combination,
+        held-out ones included: it is the judge, not the generator."""
         if self._classifier is None:
             t = self.cfg.task
+            pool = 2
             if t.dataset in ("digits", "folder"):
                 images, labels = self.train.images, self.train.labels
+            elif t.dataset == "mnist":
+                images = torch.cat([self.train.images, self.judge.images])
+                labels = torch.cat([self.train.labels, self.judge.labels])
+                pool = MNIST_CLASSIFIER_POOL
             else:
                 judge = D.make_shapes(t.num_train, t.image_size, seed=t.data_seed + 100, heldout=False)
                 held = D.make_shapes(t.num_train // 3, t.image_size, seed=t.data_seed + 101, heldout=True)
                 images, labels = torch.cat([judge.images, held.images]), torch.cat([judge.labels, held.labels])
             with torch.random.fork_rng():
                 torch.manual_seed(t.data_seed)
-                clf = AttributeClassifier(self.image_shape[0], self.num_classes)
+                clf = AttributeClassifier(self.image_shape[0], self.num_classes, pool=pool)
             key = {**self._data_key(), "steps": t.classifier_steps, "classes": list(self.num_classes)}
+            if pool != 2:
+                key["pool"] = pool
             self._classifier = self._cached("classifier", clf, key, lambda m: train_classifier(
                 m, images, labels, t.classifier_steps, seed=t.data_seed)).requires_grad_(False)
         return self._classifier
+
+    @torch.no_grad()
+    def classifier_accuracy(self) -> dict[str, float]:
+        """The evaluation classifier on the test split's real images: the share right per attribute ("digit", ...),
+        "all" (every attribute right), and "seen" / "heldout" (all right, on the seen / held-out combinations)."""
+        pred = self.classifier.predict(self.test.images)
+        labels, held = self.test.labels, self.test.heldout
+        acc = prompt_accuracy(pred, labels)
+        out = {name: acc[str(k)] for k, name in enumerate(self.attribute_names)}
+        out["all"] = acc["all"]
+        for name, where in (("seen", ~held), ("heldout", held)):
+            if where.any():
+                out[name] = prompt_accuracy(pred[where], labels[where])["all"]
+        return out
 
     @torch.no_grad()
     def evaluate(self, samples: torch.Tensor, reference: Batch) -> dict[str, float]:
