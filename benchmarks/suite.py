@@ -316,7 +316,11 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
         lines += ["", "held-out log-likelihood (mean over seeds ± std): " + ", ".join(
             f"{k} {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for k, v in ll.items()), ""]
     summary = summary_table(res)
-    text = "\n".join(["## Summary: RMF-1 against each baseline (win / tie / loss per metric)", "", summary, "",
+    head = ["# The density suite, every target (written by `python benchmarks/suite.py report runs/suite --md "
+            "docs/results/suite.md --figures docs/figures`)", "",
+            "How the runs were made and what the columns mean: docs/RESULTS.md §1. Per-target rows: mean ± sample "
+            "std over the seeds (± 0 with one seed); iMF rows where the run had `--imf`.", ""]
+    text = "\n".join([*head, "## Summary: RMF-1 against each baseline (win / tie / loss per metric)", "", summary, "",
                       "## TV½ and sliced W2, means over seeds", "", means_table(res, ("tv_half", "sliced_w2")), "",
                       "## Per target", "", *lines])
     if md:
