@@ -68,10 +68,3 @@ def with_guidance(cond, scale):
         raise ValueError(f"the guidance scale ω travels as cond[{GUIDANCE_KEY!r}]: it needs a dict condition, "
                          f"got {kind}")
     return {**cond, GUIDANCE_KEY: scale}
-
-
-def without_guidance(cond):
-    """`cond` without its GUIDANCE_KEY entry (unchanged if it has none)."""
-    if isinstance(cond, dict) and GUIDANCE_KEY in cond:
-        return {k: v for k, v in cond.items() if k != GUIDANCE_KEY}
-    return cond

@@ -18,7 +18,8 @@ from ..tasks import Task, get_task
 from .checkpoint import latest_good_checkpoint
 from .ema import EMA
 
-FILTER_SEED, BANK_SEED, PROBE_SEED = 1_000_003, 2_000_003, 3_000_003   # offsets of the fixed data samples' own random streams
+# offsets of the fixed data samples' own random streams (the filter's reference, the bank, the guidance probe)
+FILTER_SEED, BANK_SEED, PROBE_SEED = 1_000_003, 2_000_003, 3_000_003
 
 
 def build_task(cfg: Config) -> Task:

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, config_to_yaml
 from ..flow import to_device
 from .build import build_ema, build_objective, build_optimizer, build_task, load_weights
-from .ema import warmup_decay
 from .checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_mean, gather_rng_states, prepare_loss_module, rank_seed
+from .ema import warmup_decay
 from .rundir import atomic_write_text, is_interactive, rollback_metrics
 
 
