@@ -102,6 +102,11 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
     return finish(result, out, log, variants, rm.task, reference)
 
 
+def checkpoint_step_of(path: Path) -> int:
+    """The training step stored in a checkpoint (stage1.json carries no step in its name)."""
+    return json.loads(path.read_text())["state"]["step"]
+
+
 def _stage1_checkpoint(run: Path, S: int) -> Path:
     ckpt = run / "checkpoints"
     return ckpt / "stage1.json" if (ckpt / "stage1.json").exists() else ckpt / f"step_{S:08d}.json"
@@ -177,7 +182,12 @@ def finish(result: dict, out: Path, log, variants=(), task=None, reference=None)
 
 
 def run_variant(target, seed, out, overrides, name, extra, start, task, reference, log) -> list[dict]:
-    """Another likelihood stage (`extra` config keys) from the stage-1 checkpoint `start`: its final rows."""
+    """Another likelihood stage (`extra` config keys) from the stage-1 checkpoint `start`: its final rows.
+    The pseudo-key `start=fm` in `extra` starts it from the `fm` run's stage-1 checkpoint instead (flow matching
+    for S steps; its EMA becomes the frozen teacher), at the same total budget."""
+    if "start=fm" in extra:
+        extra = [e for e in extra if e != "start=fm"]
+        start = _stage1_checkpoint(out / target / f"s{seed}" / "fm", checkpoint_step_of(start))
     cfg = target_config(target, seed, out, [*overrides, *extra], f"rmflow-{name}")
     v = Trainer(cfg, cfg.run_dir, task=task)
     v.load(start, warm_start=True)
@@ -255,6 +265,7 @@ def _brief(rows) -> str:
 # ---------------------------------------------------------------------------------------------------- report
 ROWS = {"RMF-1": ("rmflow", "rmflow"), "MF-1 (stage 1)": ("stage1", "meanflow@1"),
         "control MF-1": ("control", "meanflow@1"), "MF-8": ("control", "meanflow@8"),
+        "MF-8 (stage 1)": ("stage1", "meanflow@8"),
         "MF-32": ("control", "meanflow@32"), "FM-100": ("fm", "fm@100"), "iMF-1": ("imf", "meanflow@1"),
         "iMF-2": ("imf", "meanflow@2"), "iMF-8": ("imf", "meanflow@8")}
 LOWER_IS_BETTER = {"tv_half": True, "w2": True, "sliced_w2": True, "energy": True, "mmd": True,
@@ -270,12 +281,23 @@ def load_results(root: Path) -> dict[str, list[dict]]:
 
 
 def _final_rows(r: dict) -> list[dict]:
-    """A result's end-of-training rows: `final`, plus the variants' last rows (they live in `curves`)."""
-    return r["final"] + [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]]
+    """A result's end-of-training rows: `final`, the stage-1 model's MF-8 at the stage boundary (the frozen
+    teacher's network; the control continues it) and the variants' last rows (both live in `curves`)."""
+    return (r["final"]
+            + [c | {"method": "stage1"} for c in r["curves"]
+               if c["method"] == "meanflow" and c["step"] == r["S"] and c["sampler"] == "meanflow@8"]
+            + [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]])
+
+
+def _variant_labels(results) -> list[str]:
+    """'RMF-1 [name]' for every likelihood-stage variant in the results, in first-seen order."""
+    names = dict.fromkeys(row["method"][len("rmflow:"):] for r in results for row in _final_rows(r)
+                          if row["method"].startswith("rmflow:"))
+    return [f"RMF-1 [{n}]" for n in names]
 
 
 def _values(results, label, key):
-    method, sampler = ROWS[label]
+    method, sampler = ROWS[label] if label in ROWS else (f"rmflow:{label[7:-1]}", "rmflow")
     vals = [row[key] for r in results for row in _final_rows(r)
             if row["method"] == method and row["sampler"] == sampler and key in row]
     return np.array([v for v in vals if v is not None and math.isfinite(v)])
@@ -302,12 +324,13 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
         lines += [f"### {target} ({len(seeds)} seeds; stage 1 {results[0]['S']} + stage 2 "
                   f"{results[0]['steps'] - results[0]['S']} steps)", "",
                   "| sampler | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-        for label in ROWS:
+        for label in ["RMF-1", *_variant_labels(results), *list(ROWS)[1:]]:
             cells = []
             for k in metrics:
                 v = _values(results, label, k)
                 cells.append(f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else 0:.2g}" if len(v) else "–")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            if any(c != "–" for c in cells):   # rows a run did not train (iMF without --imf) are left out
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
         data = [r["data"] for r in results]
         lines.append("| data floor | " + " | ".join(
             f"{np.mean([d[k] for d in data if k in d]):.4g}" if any(k in d for d in data) else "–" for k in metrics)
@@ -319,7 +342,8 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
     head = ["# The density suite, every target (written by `python benchmarks/suite.py report runs/suite --md "
             "docs/results/suite.md --figures docs/figures`)", "",
             "How the runs were made and what the columns mean: docs/RESULTS.md §1. Per-target rows: mean ± sample "
-            "std over the seeds (± 0 with one seed); iMF rows where the run had `--imf`.", ""]
+            "std over the seeds (± 0 with one seed); iMF rows where the run had `--imf`; `RMF-1 [name]` rows are "
+            "likelihood-stage variants (`--variant name:key=value,...`) from the same stage-1 checkpoints.", ""]
     text = "\n".join([*head, "## Summary: RMF-1 against each baseline (win / tie / loss per metric)", "", summary, "",
                       "## TV½ and sliced W2, means over seeds", "", means_table(res, ("tv_half", "sliced_w2")), "",
                       "## Per target", "", *lines])
@@ -333,11 +357,13 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
 
 
 def summary_table(res) -> str:
-    """Rows = targets. Per baseline, RMF-1's wins / ties / losses over the metrics (a tie: within two standard
+    """Rows = targets. Per baseline (MF-8 twice: the control's at the end, and the stage-1 model's at the stage
+    boundary), RMF-1's wins / ties / losses over the metrics (a tie: within two standard
     errors of the difference over seeds; with one seed the point estimates decide); RMF-1's TV½ and W2 as
     multiples of FM-100's; held-out log-likelihood of RMF-1 minus MF-1's (same channel); and the baselines'
     plateau check: FM-100's TV½ as a multiple of the data floor and its largest mode-share error."""
-    against = ["control MF-1", "MF-8", "FM-100"]
+    against = ["control MF-1", "MF-8", "MF-8 (stage 1)", "FM-100"]   # MF-8 (stage 1): where the control's
+    # own continuation made MeanFlow worse, the stronger MeanFlow baseline
     head = ("| target | seeds | " + " | ".join(f"vs {a} (w/t/l)" for a in against)
             + " | TV½ ÷ FM | W2 ÷ FM | Δ log-lik (RMF-1 − MF-1) | FM TV½ ÷ floor | FM mode err |")
     lines = [head, "|---|---|" + "---|" * (len(against) + 5)]

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 
 from rmflow.cli import main
 
@@ -83,3 +84,35 @@ def test_cli_run_train_only_then_cached_evaluation(tmp_path, monkeypatch):
     assert len(calls) == 8 and calls[-1] == 200
     assert main(args + ["task.num_ot=50"]) == 0             # a task setting: scored again
     assert len(calls) == 12
+
+
+def test_cli_run_learning_curve(tmp_path):
+    """`--curve 3` scores each method at 3 evenly spaced steps of its own training (a `from` method from its
+    source's end), without changing the training: the final weights equal those of a run without a curve, the
+    last point equals the final row, and a rerun reads every point from the caches."""
+    from safetensors.torch import load_file
+    config = tmp_path / "smoke.yaml"
+    config.write_text(TINY_RUN)
+    args = ["run", str(config), "--methods", "meanflow,rmflow"]
+    assert main(args + [f"out_dir={tmp_path / 'plain'}", "--train-only"]) == 0
+    assert main(args + [f"out_dir={tmp_path / 'curve'}", "--curve", "3"]) == 0
+    root = tmp_path / "curve" / "smoke"
+    rows = json.loads((root / "curve.json").read_text())
+    steps = {}
+    for r in rows:
+        steps.setdefault((r["method"], r["sampler"]), []).append(r["step"])
+    assert steps == {("meanflow", "meanflow@1"): [2, 4, 6], ("meanflow", "meanflow@8"): [2, 4, 6],
+                     ("rmflow", "rmflow"): [7, 9, 10]}
+    final = {r["sampler"]: r for r in json.loads((root / "results.json").read_text()) if r["method"] == "rmflow"}
+    last = next(r for r in rows if r["sampler"] == "rmflow" and r["step"] == 10)
+    assert last["tv_half"] == final["rmflow"]["tv_half"]
+    assert "| rmflow @ 9 | RMFlow 1-NFE |" in (root / "curve.md").read_text()
+    assert (root / "curve.png").stat().st_size > 1000
+    for method in ("meanflow-s0", "rmflow-s0"):
+        name = "step_00000006.safetensors" if method == "meanflow-s0" else "step_00000010.safetensors"
+        a = load_file(str(tmp_path / "plain" / "smoke" / method / "checkpoints" / name))
+        b = load_file(str(root / method / "checkpoints" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
+    assert main(args + [f"out_dir={tmp_path / 'curve'}", "--curve", "3"]) == 0
+    assert json.loads((root / "curve.json").read_text()) == rows
+    assert main(args + [f"out_dir={tmp_path / 'curve'}", "--curve", "-1"]) == 2

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the config's methods")
     p.add_argument("--train-only", action="store_true",
                    help="train the methods, score nothing (a later `rmflow compare` evaluates them)")
+    p.add_argument("--curve", type=int, default=0, metavar="N",
+                   help="learning curves: also score every method at N evenly spaced steps of its training "
+                        "(curve.json, curve.md, curve.png; scored while training, also with --train-only)")
     p = sub.add_parser("train", help="train one model: the RMFlow of the preset's top level (the library's "
                        "defaults for synthetic and vector data)", formatter_class=fmt,
                        epilog=TRAIN_HELP)
@@ -150,7 +153,8 @@ def _compare(args) -> None:
     from .compare import compare
     from .config import read_yaml
     methods = args.methods.split(",") if args.methods else None
-    compare(read_yaml(args.config), methods, train_only=args.train_only, overrides=args.overrides)
+    compare(read_yaml(args.config), methods, train_only=args.train_only, overrides=args.overrides,
+            curve=args.curve)
 
 
 def _train(args) -> None:

@@ -15,6 +15,13 @@ data row), keyed by sampler, number of samples, seed, checkpoint step and the ta
 comparison only scores what is new. With `train_only` the methods are trained and nothing is scored; with several
 processes on disjoint `methods` followed by one over all methods, the last one only collects the cached rows
 (and draws the first seed's samples again for the figure).
+
+Learning curves (`curve` = N > 0, `rmflow compare --curve N`): every method is also scored with its samplers at N
+evenly spaced steps of its own training (from step 0, or from its `from` method's last step, to its budget),
+through the same cache, so that an interrupted comparison keeps the points it scored. These points are scored
+while training (also with `train_only`: a past step cannot be scored later); curve.json, curve.md and curve.png
+in the comparison folder show every metric against the step, for the methods of that call (a later call over
+all methods collects every cached point).
 """
 from __future__ import annotations
 
@@ -82,10 +89,11 @@ def _write_cache(path: Path, key: str, row: dict) -> None:
 
 
 def compare(base: dict, methods: list[str] | None = None, log=print, train_only: bool = False,
-            overrides: list[str] = ()) -> dict:
+            overrides: list[str] = (), curve: int = 0) -> dict:
     """Train and evaluate every (method, seed) of `base` (a config dict with a `compare` section), or only
-    `methods`; `overrides` (key=value) apply to every method after its own settings. Returns {"rows", "table",
-    "dir"} ({"rows": [], "table": "", ...} with `train_only`).
+    `methods`; `overrides` (key=value) apply to every method after its own settings; `curve` > 0 also scores
+    that many points of each method's training (module docstring). Returns {"rows", "table", "dir", "curve"}
+    ({"rows": [], "table": "", ...} with `train_only`).
 
     Restricting to a few methods lets several processes train disjoint parts of one comparison in parallel;
     a final run over all methods then only loads the finished runs, evaluates them and writes the table.
@@ -98,7 +106,9 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
         raise ConfigError(f"unknown method(s) {unknown}; this config compares {list(root_cfg.compare)}")
     root = root_cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    rows, figure_panels, reference, task = [], {}, None, None
+    if curve < 0:
+        raise ConfigError(f"--curve {curve}: the number of learning-curve points must be >= 0")
+    rows, figure_panels, reference, task, curve_runs = [], {}, None, None, []
     for seed in root_cfg.seeds:
         for method, spec in root_cfg.compare.items():
             if methods and method not in methods:
@@ -113,7 +123,8 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
             trainer = trainer_class(cfg)(cfg, cfg.run_dir, task=task)  # LoRATrainer where the config has LoRA
             task = trainer.task
             with RunLock(cfg.run_dir):
-                _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log)
+                points = _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log, curve)
+            curve_runs.append((cfg, method, seed, points))
             if train_only:
                 continue
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
@@ -139,8 +150,18 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
         if train_only:
             continue
         rows.extend(_data_rows(trainer.task, cfg, reference, seed, root / "data_evals.json"))
+    curve_rows = _curve_rows(curve_runs) if curve else []
+    if curve_rows:
+        columns = task_columns(trainer.task)
+        (root / "curve.json").write_text(json.dumps(curve_rows, indent=1))
+        (root / "curve.md").write_text(markdown_table([r | {"method": f"{r['method']} @ {r['step']}"}
+                                                       for r in curve_rows], columns) + "\n")
+        try:
+            plot_curve(curve_rows, columns, root / "curve.png")
+        except (ImportError, OSError) as err:
+            log(f"figure {root / 'curve.png'} not drawn: {err}")
     if train_only:
-        return {"rows": [], "table": "", "dir": str(root)}
+        return {"rows": [], "table": "", "dir": str(root), "curve": curve_rows}
     table = markdown_table(rows, task_columns(trainer.task))
     (root / "results.json").write_text(json.dumps(rows, indent=1))
     (root / "results.md").write_text(table + "\n")
@@ -149,16 +170,25 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
     except (ImportError, OSError) as err:  # e.g. RDKit's drawing code without its X libraries: keep the results
         log(f"figure {root / 'samples.png'} not drawn: {err}")
     log(table)
-    return {"rows": rows, "table": table, "dir": str(root)}
+    return {"rows": rows, "table": table, "dir": str(root), "curve": curve_rows}
 
 
-def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log) -> None:
+def curve_steps(start: int, end: int, n: int) -> list[int]:
+    """n evenly spaced steps after `start`, the last one `end` (fewer where steps coincide); [end] for n = 0."""
+    return sorted({start + round((end - start) * (i + 1) / n) for i in range(n)} - {start}) if n else [end]
+
+
+def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, log, curve: int = 0) -> list[int]:
     """Resume one (method, seed) run, or start it from its `from` method's final checkpoint, and train it to its
-    step budget (`train` writes the run folder's config.yaml once the checkpoint is known to fit)."""
+    step budget (`train` writes the run folder's config.yaml once the checkpoint is known to fit). With `curve`
+    points, training stops at each to score the method's samplers (cached in the run's evals.json); returns the
+    curve's steps ([] without a curve)."""
     root = root_cfg.run_dir
-    if not trainer.resume() and spec.start_from:
+    src_steps = 0
+    if spec.start_from:
         src = spec.start_from
         src_steps = method_config(base, src, root_cfg.compare[src], seed, overrides).train.steps
+    if not trainer.resume() and spec.start_from:
         start = latest_checkpoint(root / f"{src}-s{seed}" / "checkpoints")
         if start is None or checkpoint_step(start) != src_steps:
             raise ConfigError(f"compare.{method}.from: method {src!r} (seed {seed}) has not finished "
@@ -167,9 +197,61 @@ def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, l
             raise ConfigError(f"compare.{method}.from: {src!r} ends at step {src_steps}, but {method!r} "
                               f"trains only to step {cfg.train.steps}")
         trainer.load(start, warm_start=True)
+    points = curve_steps(src_steps, cfg.train.steps, curve)
     if trainer.step < cfg.train.steps:
         log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
-        trainer.train()
+    for step in points:
+        if trainer.step >= step:   # resumed past this point: its rows are in the cache, or lost
+            continue
+        trainer.train(step)
+        if curve:
+            model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
+            reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+            scored = [_sampler_row(trainer.task, cfg, model, reference, sampler, seed, trainer.step, False)[0]
+                      for sampler in cfg.eval.samplers]
+            log(f"  [{method} seed {seed}] step {trainer.step}: " + "  ".join(
+                f"{r['label']} " + " ".join(f"{k}={r[k]:{f}}" for k, (_, f) in
+                                            list(task_columns(trainer.task).items())[:3] if k in r) for r in scored))
+    return points if curve else []
+
+
+def _curve_rows(runs) -> list[dict]:
+    """The learning-curve rows of (cfg, method, seed, steps) runs, read from each run's evaluation cache (a point
+    that was never scored, e.g. one passed while resuming an older comparison without a curve, is missing)."""
+    out = []
+    for cfg, method, seed, steps in runs:
+        cache = _read_cache(cfg.run_dir / "evals.json")
+        for step in steps:
+            for sampler in cfg.eval.samplers:
+                row = cache.get(eval_key(cfg, sampler, cfg.eval.num_samples, seed, step))
+                if row is not None:
+                    out.append(dict(row) | {"method": method, "seed": seed, "step": step})
+    return out
+
+
+def plot_curve(rows: list[dict], columns: dict, path: Path) -> None:
+    """Every metric of `columns` (one panel each) against the training step, one line per (method, sampler),
+    mean over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [k for k in columns if any(k in r and r[k] is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    lines: dict[tuple, dict[int, list[dict]]] = {}
+    for r in rows:
+        line = lines.setdefault((r["method"], r["label"]), {})
+        line.setdefault(r["step"], []).append(r)
+    for ax, k in zip(axes[0], keys):
+        for (method, label), by_step in lines.items():
+            steps = sorted(by_step)
+            means = [np.mean([r[k] for r in by_step[s] if r.get(k) is not None] or [np.nan]) for s in steps]
+            ax.plot(steps, means, marker="o", ms=3, label=f"{label} ({method})")
+        ax.set_title(columns[k][0])
+        ax.set_xlabel("training step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _sampler_row(task, cfg, model, reference, spec: str, seed: int, step: int, want_samples: bool):

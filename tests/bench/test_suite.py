@@ -36,6 +36,15 @@ def test_run_then_stage2_reproduces_the_result(suite, tmp_path, monkeypatch):
     assert second["final"] == first["final"] and second["curves"] == first["curves"]
     assert second["likelihood"] == first["likelihood"]
     assert "RMF-1" in suite.report(tmp_path, None, None)
+    # a variant with start=fm begins its likelihood stage from the flow-matching run's stage-1 checkpoint
+    loaded = []
+    original = suite.Trainer.load
+    monkeypatch.setattr(suite.Trainer, "load", lambda self, p, **kw: loaded.append(Path(p)) or original(self, p, **kw))
+    suite.main(["variants", str(tmp_path), "--targets", "ring8", "--seeds", "0",
+                "--variant", "fmstart:start=fm", "--variant", "plain:rmflow.lambda_nll=10"])
+    assert [p.parent.parent.name for p in loaded] == ["fm", "rmflow"]
+    third = json.loads(path.read_text())
+    assert {c["method"] for c in third["curves"]} >= {"rmflow:fmstart", "rmflow:plain"}
 
 
 def test_probe_records_rows_at_each_point_and_the_training_trace(suite, tmp_path, monkeypatch):

@@ -116,7 +116,8 @@ def test_npy_many_series_conditional_end_to_end(tmp_path, many_npy):
 def test_csv_long_series_unconditional_end_to_end(tmp_path, long_csv):
     trainer = run_and_score(config(tmp_path, path=str(long_csv[0]), mode="unconditional"))
     assert trainer.task.batch(3).x.shape == (3, 2, 16)
-    assert set(trainer.task.metric_format) == {"w1_marginal", "acf_dist", "psd_dist", "max_w1", "tail_q99"}
+    assert set(trainer.task.metric_format) == {"w1_marginal", "acf_dist", "psd_dist", "max_w1", "tail_q99",
+                                                    "flat_q05"}
 
 
 def test_preset_loads_with_overrides(tmp_path, long_csv):

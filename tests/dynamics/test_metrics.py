@@ -86,6 +86,10 @@ def test_marginal_w1_and_window_max():
     assert M.window_max_w1(x + 0.3, x) == pytest.approx(0.3)
     assert M.tail_exceedance(x, x, 0.99) <= 0.011
     assert M.tail_exceedance(x + 10, x, 0.99) == 1.0
+    # flat windows: a second draw sits near q = 0.05, constant windows all fall below, scaled-up ones none
+    y = np.random.default_rng(1).standard_normal(x.shape)
+    assert abs(M.flat_share(y, x) - 0.05) < 0.03
+    assert M.flat_share(0 * x + 3.0, x) == 1.0 and M.flat_share(10 * x, x) == 0.0
 
 
 def test_autocorrelation_of_ar1_and_acf_distance():

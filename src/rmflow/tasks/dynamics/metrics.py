@@ -113,16 +113,26 @@ def tail_exceedance(x, y, q: float = 0.99) -> float:
     return float(np.mean(a > thr[None]))
 
 
+def flat_share(x, y, q: float = 0.05) -> float:
+    """Share of (generated window, channel) pairs whose range max − min falls below the held-out q-quantile of
+    that channel's window ranges: q for samples distributed like the data, more for a model that makes flat
+    (quiescent) windows the data rarely have."""
+    a, b = _np(x), _np(y)
+    ra, rb = a.max(axis=-1) - a.min(axis=-1), b.max(axis=-1) - b.min(axis=-1)    # (N, C)
+    return float(np.mean(ra < np.quantile(rb, q, axis=0)[None]))
+
+
 def unconditional_metrics(x, y) -> dict[str, float]:
     return {"w1_marginal": marginal_w1(x, y), "acf_dist": acf_distance(x, y), "psd_dist": spectrum_distance(x, y),
-            "max_w1": window_max_w1(x, y), "tail_q99": tail_exceedance(x, y)}
+            "max_w1": window_max_w1(x, y), "tail_q99": tail_exceedance(x, y), "flat_q05": flat_share(x, y)}
 
 
 CONDITIONAL_FORMAT = {"crps": ".4f", "crps_first": ".4f", "crps_last": ".4f", "energy": ".3f",
                       "rel_err_mean": ".3f", "coverage90": ".3f", "spread": ".3f"}
 UNCONDITIONAL_FORMAT = {"w1_marginal": ".4f", "acf_dist": ".4f", "psd_dist": ".3f", "max_w1": ".4f",
-                        "tail_q99": ".4f"}
+                        "tail_q99": ".4f", "flat_q05": ".4f"}
 LABELS = {"crps": "CRPS", "crps_first": "CRPS step 1", "crps_last": "CRPS last step", "energy": "energy score",
           "rel_err_mean": "rel. err. of mean", "coverage90": "90 % coverage", "spread": "ens. std",
           "w1_marginal": "marginal W1", "acf_dist": "ACF dist", "psd_dist": "log-PSD dist",
-          "max_w1": "window-max W1", "tail_q99": "share > q99 of max"}
+          "max_w1": "window-max W1", "tail_q99": "share > q99 of max",
+          "flat_q05": "share < q05 of range"}
