@@ -98,6 +98,8 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
     Restricting to a few methods lets several processes train disjoint parts of one comparison in parallel;
     a final run over all methods then only loads the finished runs, evaluates them and writes the table.
     """
+    if curve < 0:
+        raise ConfigError(f"--curve {curve}: the number of learning-curve points must be >= 0")
     root_cfg = build_config(apply_overrides(copy.deepcopy(base), list(overrides)))
     if not root_cfg.compare:
         raise ConfigError("config has no 'compare' section: nothing for `rmflow compare` to compare")
@@ -106,8 +108,6 @@ def compare(base: dict, methods: list[str] | None = None, log=print, train_only:
         raise ConfigError(f"unknown method(s) {unknown}; this config compares {list(root_cfg.compare)}")
     root = root_cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    if curve < 0:
-        raise ConfigError(f"--curve {curve}: the number of learning-curve points must be >= 0")
     rows, figure_panels, reference, task, curve_runs = [], {}, None, None, []
     for seed in root_cfg.seeds:
         for method, spec in root_cfg.compare.items():
@@ -200,13 +200,15 @@ def _train_method(trainer, cfg, method, spec, seed, base, root_cfg, overrides, l
     points = curve_steps(src_steps, cfg.train.steps, curve)
     if trainer.step < cfg.train.steps:
         log(f"[{method} seed {seed}] training {cfg.train.steps - trainer.step} steps")
+    reference = None
     for step in points:
         if trainer.step >= step:   # resumed past this point: its rows are in the cache, or lost
             continue
         trainer.train(step)
         if curve:
             model = trainer.ema.shadow if cfg.eval.use_ema else trainer.model
-            reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+            if reference is None:   # the held-out reference of this seed, built once for all points
+                reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
             scored = [_sampler_row(trainer.task, cfg, model, reference, sampler, seed, trainer.step, False)[0]
                       for sampler in cfg.eval.samplers]
             log(f"  [{method} seed {seed}] step {trainer.step}: " + "  ".join(
