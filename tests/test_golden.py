@@ -3,7 +3,9 @@ losses and 1-NFE samples of tiny runs of every pairing and of the cheap likeliho
 a LoRA stage 2. The refactor left them bit for bit unchanged (torch.equal, one CPU thread, on the machine that
 recorded them). Another CPU runs other SIMD kernels and differs in the last float32 bits (1e-7 after 50 steps), so
 the test allows a relative 1e-4: far below what any change of behaviour moves. Each case pins every setting whose
-code default has changed since (LEGACY), so the goldens keep testing the same runs.
+code default has changed since (LEGACY), so the goldens keep testing the same runs. Re-recorded since, each for an
+intended change: ring_rmflow_fixed, qm9_bank_split and lorenz_bank_split when the teacher bank was capped at the
+L_NLL rows that stage 2 reads (train/build.py bank_size; with the cap undone they reproduce the old values).
 
     python tests/test_golden.py --write      # re-record (only when a change of behaviour is intended)
 """

@@ -3,6 +3,7 @@ untouched; kill -9 at random moments (checkpoint writes included) never costs mo
 checkpoint; a full disk and a read-only folder are reported, not fatal to the run."""
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
@@ -171,11 +172,16 @@ def test_kill_9_at_random_moments_never_damages_the_run(tmp_path):
 
 def test_command_line_overrides_win_over_a_methods_settings():
     from rmflow.compare import method_config
-    from rmflow.config import build_config, read_yaml
+    from rmflow.config import apply_overrides, build_config, read_yaml
     base = read_yaml("ring-demo")
     spec = build_config(base).compare["meanflow"]
     assert "train.steps" in spec.set
     assert method_config(base, "meanflow", spec, 0, ["train.steps=200"]).train.steps == 200
+    # a method defined on the command line (compare.NAME=...) refers to the preset's methods
+    extra = 'compare.lam={"from": "meanflow", "set": {"rmflow.lambda_nll": 0.5}}'
+    root = build_config(apply_overrides(copy.deepcopy(base), [extra]))
+    cfg = method_config(apply_overrides(base, [extra]), "lam", root.compare["lam"], 0, [extra, "train.steps=9"])
+    assert cfg.rmflow.lambda_nll == 0.5 and cfg.train.steps == 9
 
 
 def test_help_documents_overrides_run_names_resume_and_progress(capsys):

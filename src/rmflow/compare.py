@@ -52,11 +52,12 @@ def task_columns(task) -> dict:
 
 def method_config(base: dict, method: str, spec: MethodSpec, seed: int, overrides: list[str] = ()):
     """The config of one (method, seed): the top level, then the method's `set` keys, then `overrides` (the
-    command line's key=value, which win over the method's settings)."""
+    command line's key=value, which win over the method's settings; `compare.*` overrides define methods and are
+    already in `spec`, so they are not applied again)."""
     data = copy.deepcopy(base)
     data.pop("compare", None)
     apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in spec.set.items()])
-    apply_overrides(data, list(overrides))
+    apply_overrides(data, [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] != "compare"])
     data["seed"] = seed
     data["name"] = f"{data.get('name', 'run')}/{method}-s{seed}"
     if spec.samplers:

@@ -98,8 +98,9 @@ class RMFlowConfig:
                                    # x1 − x0 (data) or the frozen teacher's velocity u_T(x_t, t, t) (teacher: pairing
                                    # 'teacher' only); auto: teacher with pairing 'teacher', data otherwise
     nll_start_step: int = 5000     # the likelihood stage begins here (stage 2 of the two-stage protocol)
-    teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step); conditional
-                                   # data: for as many training conditions, drawn once
+    teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step), at most the L_NLL
+                                   # rows that stage 2 reads (train/build.py bank_size); conditional data: for as
+                                   # many training conditions, drawn once
     nll_focus: float = 0.5         # share of the L_NLL batch taken from the hardest of 4·B candidates
     nll_batch: float = 0.5         # share of the batch whose pairs form L_NLL (1: every row, a costlier step)
     batch_split: bool = True       # the ⌈nll_batch·B⌉ L_NLL rows replace L_CMFM rows; one forward for both

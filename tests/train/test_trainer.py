@@ -204,3 +204,19 @@ def test_ema_copies_the_late_starting_mixture_refiner_and_averages_the_rest(tmp_
         elif name.startswith("net."):
             torch.testing.assert_close(after[name], before[name] + (1 - tr.cfg.train.ema_decay))
     assert Trainer(_cfg(tmp_path / "f", "rmflow.refine=fixed")).ema.exact_prefixes == ()
+
+
+def test_teacher_bank_is_capped_at_the_rows_stage_two_reads(tmp_path):
+    """The bank holds min(teacher_bank, (steps − S)·⌈nll_batch·B⌉) pairs: 4 steps × ⌈0.5·64⌉ = 128 here, not the
+    1,000 asked for; a stage 2 long enough to read them all keeps the configured size; 0 keeps the bank off."""
+    from rmflow.train.build import bank_size
+
+    base = ["rmflow.pairing=teacher", "rmflow.nll_start_step=6", "rmflow.teacher_steps=2", "rmflow.teacher_bank=1000",
+            "rmflow.teacher_filter=0", "rmflow.nll_batch=0.5"]
+    trainer = Trainer(_cfg(tmp_path, *base, "train.steps=10"))
+    assert trainer.objective.pairing.bank_size == 128
+    trainer.train()
+    assert len(trainer.objective.pairing.bank.x0) == 128   # the bank that stage 2 built
+    assert bank_size(_cfg(tmp_path, *base, "train.steps=100")) == 1000
+    assert bank_size(_cfg(tmp_path, *base, "train.steps=3")) == 32   # no stage 2: one step's rows, never 0
+    assert bank_size(_cfg(tmp_path, *base, "rmflow.teacher_bank=0")) == 0

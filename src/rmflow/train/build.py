@@ -4,6 +4,7 @@ without building a trainer. The trainer, the LoRA stage, DDP, `rmflow bench` and
 build through here."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -40,16 +41,29 @@ def build_pairing(cfg: Config, model: nn.Module, task: Task, device: torch.devic
     if rm.pairing == "self":
         return SelfPairing(rm.teacher_steps)
     reference = conditions = None
-    if rm.teacher_bank > 0:   # fixed data samples, each from its own random stream: resume rebuilds the same
-        sample = _fixed_sample(task, rm.teacher_bank, cfg.seed + BANK_SEED)
+    bank = bank_size(cfg)
+    if bank > 0:   # fixed data samples, each from its own random stream: resume rebuilds the same
+        sample = _fixed_sample(task, bank, cfg.seed + BANK_SEED)
         if sample.cond is not None or sample.mask is not None:
             conditions = (to_device(sample.cond, device), to_device(sample.mask, device))
     if rm.teacher_filter > 0 and conditions is None:   # the filter compares with unconditional data only
         reference = _fixed_sample(task, rm.filter_reference, cfg.seed + FILTER_SEED).x.to(device)
-    return TeacherPairing(model, rm.teacher_steps, rm.teacher_sampler, bank=rm.teacher_bank, bank_seed=cfg.seed,
+    return TeacherPairing(model, rm.teacher_steps, rm.teacher_sampler, bank=bank, bank_seed=cfg.seed,
                           focus=rm.nll_focus, stored_errors=rm.stored_focus_errors,
                           filter_q=rm.teacher_filter if reference is not None else 0.0,
                           filter_reference=reference, bank_conditions=conditions)
+
+
+def bank_size(cfg: Config) -> int:
+    """Teacher pairs to precompute: rmflow.teacher_bank, capped at the L_NLL rows that the likelihood stage reads,
+    (train.steps − rmflow.nll_start_step) · ⌈nll_batch · train.batch_size⌉ (at least one step's rows). A larger bank
+    would hold pairs that no step reads; with the cap the bank never costs more teacher evaluations than drawing
+    fresh pairs at every step would. 0 when the bank is off."""
+    rm = cfg.rmflow
+    if rm.teacher_bank <= 0:
+        return 0
+    rows = math.ceil(rm.nll_batch * cfg.train.batch_size)
+    return min(rm.teacher_bank, max(cfg.train.steps - rm.nll_start_step, 1) * rows)
 
 
 def _fixed_sample(task: Task, n: int, seed: int):
