@@ -339,8 +339,9 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
         lines += ["", "held-out log-likelihood (mean over seeds ± std): " + ", ".join(
             f"{k} {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for k, v in ll.items()), ""]
     summary = summary_table(res)
-    head = ["# The density suite, every target (written by `python benchmarks/suite.py report runs/suite --md "
-            "docs/results/suite.md --figures docs/figures`)", "",
+    command = f"python benchmarks/suite.py report {root}" + (f" --md {md}" if md else "") + (
+        f" --figures {figures}" if figures else "")
+    head = [f"# The density suite, every target (written by `{command}`)", "",
             "How the runs were made and what the columns mean: docs/RESULTS.md §1. Per-target rows: mean ± sample "
             "std over the seeds (± 0 with one seed); iMF rows where the run had `--imf`; `RMF-1 [name]` rows are "
             "likelihood-stage variants (`--variant name:key=value,...`) from the same stage-1 checkpoints.", ""]

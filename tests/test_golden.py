@@ -45,7 +45,7 @@ LEGACY = {  # code defaults at commit 33c815f that have changed since
     "flow": {"adaptive_p": 1.0},
     "rmflow": {"teacher_steps": 32, "refine": "fixed", "mixture_components": 2, "sigma_min": 0.1, "teacher_bank": 0,
                "teacher_filter": 0.0, "nll_focus": 0.0, "teacher_sampler": "meanflow", "cmfm_velocity": "data",
-               "nll_batch": 1.0, "batch_split": False, "focus_errors": "fresh"},
+               "nll_batch": 1.0, "batch_split": False, "focus_errors": "fresh", "nll_start_step": 5000},
     "train": {"steps": 5000, "lr_schedule": "constant", "ema_decay": 0.999},
 }
 

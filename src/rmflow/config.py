@@ -97,7 +97,7 @@ class RMFlowConfig:
     cmfm_velocity: Literal["auto", "data", "teacher"] = "auto"   # what L_CMFM regresses in the likelihood stage:
                                    # x1 − x0 (data) or the frozen teacher's velocity u_T(x_t, t, t) (teacher: pairing
                                    # 'teacher' only); auto: teacher with pairing 'teacher', data otherwise
-    nll_start_step: int = 5000     # the likelihood stage begins here (stage 2 of the two-stage protocol)
+    nll_start_step: int = 10000    # the likelihood stage begins here (stage 2 of the two-stage protocol)
     teacher_bank: int = 50000      # precomputed teacher pairs (0: teacher evaluated every step), at most the L_NLL
                                    # rows that stage 2 reads (train/build.py bank_size); conditional data: for as
                                    # many training conditions, drawn once
@@ -155,7 +155,7 @@ class RMFlowConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 7000
+    steps: int = 12000
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -1,4 +1,6 @@
 """The task end to end: config validation, batches, references, a tiny train-and-sample run, the figure."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -115,5 +117,7 @@ def test_conditional_teacher_bank_with_split_batch_trains(tmp_path):
     losses = trainer.train()
     assert len(losses) == 4 and all(np.isfinite(losses))
     bank = trainer.objective.pairing.bank
-    assert bank is not None and bank.x0.shape == (64, 3, 16) and bank.cond.shape == (64, 3, 8)
-    assert trainer.objective.pairing.errors.shape == (64,)
+    rows = (cfg.train.steps - cfg.rmflow.nll_start_step) * math.ceil(0.5 * cfg.train.batch_size)   # the bank cap
+    assert 0 < rows < 64
+    assert bank is not None and bank.x0.shape == (rows, 3, 16) and bank.cond.shape == (rows, 3, 8)
+    assert trainer.objective.pairing.errors.shape == (rows,)

@@ -23,7 +23,7 @@ def test_presets_load_and_overrides_apply():
     (["eval.samplers=[meanflow@0]"], "eval.samplers[0]"),
     (["rmflow.nll_start_step=0"], "rmflow.nll_start_step"),
     (["train.lr_schedule=step"], "train.lr_schedule"),
-    (["train.lr_decay_start=7000"], "train.lr_decay_start"),
+    (["train.lr_decay_start=12000"], "train.lr_decay_start"),
     (["rmflow.refine=mixtures"], "rmflow.refine"),
     (["rmflow.mixture_components=1"], "rmflow.mixture_components"),
     (["rmflow.mixture_pick=mode"], "rmflow.mixture_pick"),
