@@ -3,6 +3,7 @@
 
     python benchmarks/suite.py run --targets ring8 checkerboard moons --seeds 0 1 2 --out runs/suite [key=value ...]
     python benchmarks/suite.py stage2 runs/suite [--targets ...] [--seeds ...]   # after a change to stage 2 only
+    python benchmarks/suite.py mf-one runs/suite [--targets ...] [--seeds ...]   # add the one-run MeanFlow baseline
     python benchmarks/suite.py report runs/suite --md docs/results/suite.md --figures docs/figures
 
 Every (target, seed) trains from the library's code defaults; only the data (`task.dataset`) differs between
@@ -12,7 +13,11 @@ development subset. Three runs share the seed:
 - `rmflow`:  stage 1 (MeanFlow) to rmflow.nll_start_step = S, then the likelihood stage to train.steps = S + T;
 - `control`: the same stage-1 model continued as MeanFlow (λ1 = 0) for the same T steps: the equal-steps control,
   and the MeanFlow baseline at the same budget (MF-1, MF-8, MF-32);
-- `fm`:      flow matching (flow.time.ratio_neq = 0, λ1 = 0) for S + T steps: the 100-step ODE baseline (FM-100).
+- `fm`:      flow matching (flow.time.ratio_neq = 0, λ1 = 0) for S + T steps: the 100-step ODE baseline (FM-100);
+- `mf_one`:  MeanFlow in one run of S + T steps with a single cosine decay of the learning rate (λ1 = 0,
+  train.lr_schedule = cosine): the MeanFlow baseline at its best for the budget ("MF-8 (one run)"). The control's
+  warm restart at S can cost MeanFlow quality (ring8: MF-8 TV½ 0.191 at S, 0.282 after the control), so the
+  control measures what T more steps of L_CMFM alone give the stage-1 model, and `mf_one` is the baseline to beat.
 
 Learning curves: held-out metrics at `--points` evenly spaced steps of stage 1 (MF-1 / MF-8 / the stage-1 model's
 own ODE, and FM-100 of the `fm` run) and at two steps of stage 2 (RMF-1; control MF-1 / MF-8). Held-out
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,7 +50,8 @@ HELD_OUT = ("grid25", "six", "spirals", "pinwheel", "mog1d", "subspace16", "subs
 NETWORK = {"hidden": 256, "depth": 3}          # one size for every target
 METHODS = {"control": {"rmflow.lambda_nll": 0.0},
            "fm": {"rmflow.lambda_nll": 0.0, "flow.time.ratio_neq": 0.0},
-           "imf": {"rmflow.lambda_nll": 0.0, "flow.objective": "imf"}}
+           "imf": {"rmflow.lambda_nll": 0.0, "flow.objective": "imf"},
+           "mf_one": {"rmflow.lambda_nll": 0.0, "train.lr_schedule": "cosine"}}
 KEYS = ("tv_half", "w2", "sliced_w2", "energy", "mmd", "log_density", "off_mode", "mode_err")
 
 
@@ -97,9 +104,26 @@ def run_one(target: str, seed: int, out: Path, overrides: list[str], points: int
         torch.manual_seed(seed)
         imf.train(S)
         imf.save(tag="stage1")
+    t0 = time.perf_counter()
+    curves += one_run_meanflow(target, seed, out, overrides, [S, total], rm.task, reference, log)
+    seconds["mf_one"] = time.perf_counter() - t0
     result = {"target": target, "seed": seed, "S": S, "steps": total, "overrides": list(overrides),
               "config": to_dict(cfg), "curves": curves, "seconds": seconds, "ll_points": ll_points}
     return finish(result, out, log, variants, rm.task, reference)
+
+
+def one_run_meanflow(target, seed, out, overrides, steps, task, reference, log) -> list[dict]:
+    """The `mf_one` baseline (module docstring): held-out MF-1 / MF-8 / MF-32 rows at each of `steps`."""
+    cfg = target_config(target, seed, out, overrides, "mf_one")
+    torch.manual_seed(seed)
+    tr = Trainer(cfg, cfg.run_dir, task=task)
+    rows = []
+    for step in steps:
+        tr.train(step)
+        rows += [r | {"method": "mf_one"} for r in _rows(tr, reference, ["meanflow@1", "meanflow@8", "meanflow@32"],
+                                                         seed)]
+        log(f"[{target} s{seed}] one-run MeanFlow step {step}: " + _brief(rows[-3:]))
+    return rows
 
 
 def checkpoint_step_of(path: Path) -> int:
@@ -122,8 +146,9 @@ def finish(result: dict, out: Path, log, variants=(), task=None, reference=None)
     stage2 = [S + (total - S) // 2, total]
     run = out / target / f"s{seed}"
     start = _stage1_checkpoint(run / "rmflow", S)
-    curves = [c for c in result["curves"] if c["step"] <= S and not c["method"].startswith("rmflow")]
-    seconds = {k: v for k, v in result["seconds"].items() if k in ("stage1", "fm_stage1")}
+    curves = [c for c in result["curves"] if (c["step"] <= S and not c["method"].startswith("rmflow"))
+              or c["method"] == "mf_one"]   # the one-run baseline does not start from stage 1: kept whole
+    seconds = {k: v for k, v in result["seconds"].items() if k in ("stage1", "fm_stage1", "mf_one")}
 
     def continued(method: str, path: Path, warm_start: bool) -> Trainer:
         c = target_config(target, seed, out, overrides, method)
@@ -197,35 +222,51 @@ def run_variant(target, seed, out, overrides, name, extra, start, task, referenc
     return rows, v
 
 
-def add_variants(root: Path, targets, seeds, variants, log) -> None:
-    """Run likelihood-stage variants on finished results (their stage-1 checkpoints) and add them to the JSON."""
-    torch.set_num_threads(1)
-    for target in targets:
-        for seed in seeds:
-            path = root / target / f"s{seed}.json"
-            if not path.exists():
-                continue
-            result = json.loads(path.read_text())
-            base = [o for o in result["overrides"]]
-            start = _stage1_checkpoint(root / target / f"s{seed}" / "rmflow", result["S"])
-            cfg = target_config(target, seed, root, base)
-            trainer = Trainer(cfg)
-            reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
-            for name, extra in variants:
-                result["curves"] = [c for c in result["curves"] if c["method"] != f"rmflow:{name}"]
-                rows, _ = run_variant(target, seed, root, base, name, extra, start, trainer.task, reference, log)
-                result["curves"] += rows
-                _write(path, result)
-
-
-def rerun_stage2(root: Path, targets, seeds, log) -> None:
-    """`finish` again on finished results: every stage-2 entry under the current code, stage 1 kept."""
+def finished(root: Path, targets, seeds):
+    """(target, seed, path, result) of every finished result <root>/<target>/s<seed>.json among targets × seeds."""
     torch.set_num_threads(1)
     for target in targets:
         for seed in seeds:
             path = root / target / f"s{seed}.json"
             if path.exists():
-                _write(path, finish(json.loads(path.read_text()), root, log))
+                yield target, seed, path, json.loads(path.read_text())
+
+
+def add_variants(root: Path, targets, seeds, variants, log) -> None:
+    """Run likelihood-stage variants on finished results (their stage-1 checkpoints) and add them to the JSON."""
+    for target, seed, path, result in finished(root, targets, seeds):
+        base = [o for o in result["overrides"]]
+        start = _stage1_checkpoint(root / target / f"s{seed}" / "rmflow", result["S"])
+        cfg = target_config(target, seed, root, base)
+        trainer = Trainer(cfg)
+        reference = trainer.task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+        for name, extra in variants:
+            result["curves"] = [c for c in result["curves"] if c["method"] != f"rmflow:{name}"]
+            rows, _ = run_variant(target, seed, root, base, name, extra, start, trainer.task, reference, log)
+            result["curves"] += rows
+            _write(path, result)
+
+
+def add_one_run_meanflow(root: Path, targets, seeds, log) -> None:
+    """Train the `mf_one` baseline for finished results that lack it and add its rows to their JSON."""
+    for target, seed, path, result in finished(root, targets, seeds):
+        if any(c["method"] == "mf_one" for c in result["curves"]):
+            log(f"[{target} s{seed}] has the one-run MeanFlow already")
+            continue
+        cfg = target_config(target, seed, root, result["overrides"])
+        task = Trainer(cfg).task
+        reference = task.reference(cfg.eval.num_samples, seed=10_000 + seed)
+        t0 = time.perf_counter()
+        result["curves"] += one_run_meanflow(target, seed, root, result["overrides"], [result["S"], result["steps"]],
+                                             task, reference, log)
+        result["seconds"]["mf_one"] = time.perf_counter() - t0
+        _write(path, result)
+
+
+def rerun_stage2(root: Path, targets, seeds, log) -> None:
+    """`finish` again on finished results: every stage-2 entry under the current code, stage 1 kept."""
+    for _, _, path, result in finished(root, targets, seeds):
+        _write(path, finish(result, root, log))
 
 
 def _write(path: Path, result: dict) -> None:
@@ -266,7 +307,9 @@ def _brief(rows) -> str:
 ROWS = {"RMF-1": ("rmflow", "rmflow"), "MF-1 (stage 1)": ("stage1", "meanflow@1"),
         "control MF-1": ("control", "meanflow@1"), "MF-8": ("control", "meanflow@8"),
         "MF-8 (stage 1)": ("stage1", "meanflow@8"),
-        "MF-32": ("control", "meanflow@32"), "FM-100": ("fm", "fm@100"), "iMF-1": ("imf", "meanflow@1"),
+        "MF-32": ("control", "meanflow@32"), "MF-1 (one run)": ("mf_one", "meanflow@1"),
+        "MF-8 (one run)": ("mf_one", "meanflow@8"), "MF-32 (one run)": ("mf_one", "meanflow@32"),
+        "FM-100": ("fm", "fm@100"), "iMF-1": ("imf", "meanflow@1"),
         "iMF-2": ("imf", "meanflow@2"), "iMF-8": ("imf", "meanflow@8")}
 LOWER_IS_BETTER = {"tv_half": True, "w2": True, "sliced_w2": True, "energy": True, "mmd": True,
                    "log_density": False, "off_mode": True, "mode_err": True}
@@ -275,6 +318,8 @@ LOWER_IS_BETTER = {"tv_half": True, "w2": True, "sliced_w2": True, "energy": Tru
 def load_results(root: Path) -> dict[str, list[dict]]:
     by_target: dict[str, list[dict]] = {}
     for f in sorted(root.glob("*/s*.json")):
+        if not re.fullmatch(r"s\d+\.json", f.name):   # e.g. probe/six-s0-<tag>.json: not a suite result
+            continue
         r = json.loads(f.read_text())
         by_target.setdefault(r["target"], []).append(r)
     return by_target
@@ -282,11 +327,13 @@ def load_results(root: Path) -> dict[str, list[dict]]:
 
 def _final_rows(r: dict) -> list[dict]:
     """A result's end-of-training rows: `final`, the stage-1 model's MF-8 at the stage boundary (the frozen
-    teacher's network; the control continues it) and the variants' last rows (both live in `curves`)."""
+    teacher's network; the control continues it), the variants' and the one-run MeanFlow's last rows (these live in
+    `curves`)."""
     return (r["final"]
             + [c | {"method": "stage1"} for c in r["curves"]
                if c["method"] == "meanflow" and c["step"] == r["S"] and c["sampler"] == "meanflow@8"]
-            + [c for c in r["curves"] if c["method"].startswith("rmflow:") and c["step"] == r["steps"]])
+            + [c for c in r["curves"] if (c["method"].startswith("rmflow:") or c["method"] == "mf_one")
+               and c["step"] == r["steps"]])
 
 
 def _variant_labels(results) -> list[str]:
@@ -358,22 +405,24 @@ def report(root: Path, md: Path | None, figures: Path | None) -> str:
 
 
 def summary_table(res) -> str:
-    """Rows = targets. Per baseline (MF-8 twice: the control's at the end, and the stage-1 model's at the stage
-    boundary), RMF-1's wins / ties / losses over the metrics (a tie: within two standard
-    errors of the difference over seeds; with one seed the point estimates decide); RMF-1's TV½ and W2 as
+    """Rows = targets. Per baseline (MF-8 three times: the control's at the end, the stage-1 model's at the stage
+    boundary, and the one-run MeanFlow's), RMF-1's wins / ties / losses over the metrics on the seeds that have the
+    baseline (a tie: within two standard errors of the difference over seeds; with one seed the point estimates
+    decide); RMF-1's TV½ and W2 as
     multiples of FM-100's; held-out log-likelihood of RMF-1 minus MF-1's (same channel); and the baselines'
     plateau check: FM-100's TV½ as a multiple of the data floor and its largest mode-share error."""
-    against = ["control MF-1", "MF-8", "MF-8 (stage 1)", "FM-100"]   # MF-8 (stage 1): where the control's
-    # own continuation made MeanFlow worse, the stronger MeanFlow baseline
+    against = ["control MF-1", "MF-8", "MF-8 (stage 1)", "MF-8 (one run)", "FM-100"]   # MF-8 (stage 1): where
+    # the control's own continuation made MeanFlow worse; MF-8 (one run): MeanFlow trained for the whole budget
     head = ("| target | seeds | " + " | ".join(f"vs {a} (w/t/l)" for a in against)
             + " | TV½ ÷ FM | W2 ÷ FM | Δ log-lik (RMF-1 − MF-1) | FM TV½ ÷ floor | FM mode err |")
     lines = [head, "|---|---|" + "---|" * (len(against) + 5)]
     for target, results in res.items():
         cells = [str(len(results))]
-        for a in against:
-            v = [verdict(_values(results, "RMF-1", k), _values(results, a, k), LOWER_IS_BETTER[k]) for k in KEYS]
+        for a in against:   # on the seeds that have the baseline (the one-run MeanFlow may be missing on some)
+            rs = [r for r in results if len(_values([r], a, "tv_half"))]
+            v = [verdict(_values(rs, "RMF-1", k), _values(rs, a, k), LOWER_IS_BETTER[k]) for k in KEYS]
             v = [x for x in v if x != "–"]
-            cells.append(f"{v.count('win')}/{v.count('tie')}/{v.count('loss')}")
+            cells.append(f"{v.count('win')}/{v.count('tie')}/{v.count('loss')}" if v else "–")
         for k in ("tv_half", "w2"):
             cells.append(f"{_values(results, 'RMF-1', k).mean() / _values(results, 'FM-100', k).mean():.2f}")
         d = np.array([r["likelihood"]["rmf1"][0] - r["likelihood"]["mf1"][0] for r in results])
@@ -385,7 +434,8 @@ def summary_table(res) -> str:
     return "\n".join(lines)
 
 
-def means_table(res, keys, labels=("RMF-1", "control MF-1", "MF-8", "MF-32", "FM-100")) -> str:
+def means_table(res, keys, labels=("RMF-1", "control MF-1", "MF-8", "MF-8 (one run)", "MF-32 (one run)",
+                                   "FM-100")) -> str:
     """Rows = targets; per metric the data floor, then each label's mean over seeds ('–' where it did not run)."""
     head = ["target", "seeds"] + [f"{k} {name}" for k in keys for name in ("floor", *labels)]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -408,7 +458,8 @@ def plot_curves(res, path: Path) -> None:
     fig, axes = plt.subplots(len(targets), 2, figsize=(8.0, 2.4 * len(targets)), squeeze=False)
     series = {"MF-1": ("meanflow", "meanflow@1"), "MF-8": ("meanflow", "meanflow@8"),
               "ODE of MF model": ("meanflow", "fm@100"), "FM-100": ("fm", "fm@100"), "RMF-1": ("rmflow", "rmflow"),
-              "control MF-1": ("control", "meanflow@1"), "control MF-8": ("control", "meanflow@8")}
+              "control MF-1": ("control", "meanflow@1"), "control MF-8": ("control", "meanflow@8"),
+              "one-run MF-8": ("mf_one", "meanflow@8")}
     for j, target in enumerate(targets):
         r0 = min(res[target], key=lambda r: r["seed"])
         for i, key in enumerate(("sliced_w2", "off_mode")):
@@ -515,6 +566,10 @@ def main(argv=None) -> None:
     v.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
     v.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     v.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
+    b = sub.add_parser("mf-one", help="add the one-run MeanFlow baseline to finished results that lack it")
+    b.add_argument("root", type=Path)
+    b.add_argument("--targets", nargs="+", default=list(DEV + HELD_OUT))
+    b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     s2 = sub.add_parser("stage2", help="redo everything after the stage boundary on finished results (after a "
                         "change that only touches stage 2)")
     s2.add_argument("root", type=Path)
@@ -542,6 +597,9 @@ def main(argv=None) -> None:
         return
     if a.cmd == "probe":
         probe(a.target, a.seed, a.method, a.out, a.tag, a.overrides, a.points, lambda m: print(m, flush=True))
+        return
+    if a.cmd == "mf-one":
+        add_one_run_meanflow(a.root, a.targets, a.seeds, lambda m: print(m, flush=True))
         return
     if a.cmd == "variants":
         add_variants(a.root, a.targets, a.seeds, _parse_variants(a.variant), lambda m: print(m, flush=True))

