@@ -44,14 +44,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def curves(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(run, sampler) -> its rows, in the order of `rows` (sweep_rows sorts them by ω)."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["run"], r["sampler"]), []).append(r)
+    return out
+
+
 def best(rows: list[dict]) -> str:
     """Per (run, sampler): the ω with the lowest `cfd` and the ω with the highest `acc`, with both metrics at each."""
-    curves: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        curves.setdefault((r["run"], r["sampler"]), []).append(r)
     lines = ["| run | sampler | best FD: ω | cfd | acc | held-out acc | best acc: ω | acc | cfd | held-out acc |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (run, sampler), pts in curves.items():
+    for (run, sampler), pts in curves(rows).items():
         f, a = min(pts, key=lambda p: p["cfd"]), max(pts, key=lambda p: p["acc"])
         held = lambda p: f"{p['acc_heldout']:.3f}" if "acc_heldout" in p else "–"   # noqa: E731
         lines.append(f"| {run} | {sampler} | {f['w']:g} | {f['cfd']:.1f} | {f['acc']:.3f} | {held(f)} | {a['w']:g} | "
@@ -64,10 +69,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    curves: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        curves.setdefault((r["run"], r["sampler"]), []).append(r)
-    for (run, sampler), pts in curves.items():
+    for (run, sampler), pts in curves(rows).items():
         line, = ax.plot([p["cfd"] for p in pts], [p["acc"] for p in pts], marker="o", ms=3, label=f"{run}: {sampler}")
         for p in pts:
             ax.annotate(f"{p['w']:g}", (p["cfd"], p["acc"]), fontsize=6, color=line.get_color(),

@@ -44,6 +44,7 @@ from rmflow.config import apply_overrides, build_config, to_dict
 from rmflow.evaluate import evaluate_samplers
 from rmflow.flow.likelihood import flow_matching_log_likelihood, one_step_log_likelihood
 from rmflow.train import Trainer
+from rmflow.train.build import build_task
 
 DEV = ("ring8", "checkerboard", "moons")
 HELD_OUT = ("grid25", "six", "spirals", "pinwheel", "mog1d", "subspace16", "subspace64", "moons16")
@@ -254,7 +255,7 @@ def add_one_run_meanflow(root: Path, targets, seeds, log) -> None:
             log(f"[{target} s{seed}] has the one-run MeanFlow already")
             continue
         cfg = target_config(target, seed, root, result["overrides"])
-        task = Trainer(cfg).task
+        task = build_task(cfg)   # the task alone: one_run_meanflow builds and seeds its own trainer
         reference = task.reference(cfg.eval.num_samples, seed=10_000 + seed)
         t0 = time.perf_counter()
         result["curves"] += one_run_meanflow(target, seed, root, result["overrides"], [result["S"], result["steps"]],

@@ -38,7 +38,7 @@ def sample_grid(task, panels: dict, reference, path, columns: int = 10, rows_per
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cols, first = grid_prompts(reference.cond, columns, rows_per_panel)
+    cols, rows_of = grid_prompts(reference.cond, columns, rows_per_panel)
     held = reference.cond.get("heldout")
     nrows = len(panels) * rows_per_panel
     fig, axes = plt.subplots(nrows, len(cols), figsize=(1.3 * len(cols), 1.3 * nrows + 0.8), squeeze=False)
@@ -47,14 +47,14 @@ def sample_grid(task, panels: dict, reference, path, columns: int = 10, rows_per
         for ci, p in enumerate(cols):
             for k in range(rows_per_panel):
                 ax = axes[pi * rows_per_panel + k, ci]
-                idx = first[p]
+                idx = rows_of[p]
                 if k < len(idx):
                     ax.imshow(_show(images[idx[k]]), cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([]), ax.set_yticks([])
                 if k == 0 and ci == 0:
                     ax.set_ylabel(label, fontsize=6)
                 if pi == 0 and k == 0:
-                    unseen = held is not None and bool(held[first[p][0]])
+                    unseen = held is not None and bool(held[rows_of[p][0]])
                     ax.set_title("\n".join(textwrap.wrap(task.caption(p), 16)) + ("\n[held out]" if unseen else ""),
                                  fontsize=5, color="firebrick" if unseen else "black")
     fig.tight_layout()
