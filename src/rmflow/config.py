@@ -33,9 +33,13 @@ class TimeConfig:
     std: float = 1.0
     ratio_neq: float = 0.25        # share of the batch with r != t
     ratio_one_step: float = 0.0    # share with (t, r) = (0, 1), included in ratio_neq
+    fm_warmup: int = 0             # the first k training steps draw r = t only (flow matching); MeanFlow rows
+                                   # (ratio_neq, ratio_one_step) from step k on (docs/METHOD.md §9)
 
     def validate(self, key: str) -> None:
         check(self.std > 0, f"{key}.std", "must be > 0")
+        check(isinstance(self.fm_warmup, int) and self.fm_warmup >= 0, f"{key}.fm_warmup",
+              f"must be an integer >= 0 (steps); got {self.fm_warmup!r}")
         check(0 <= self.ratio_neq <= 1, f"{key}.ratio_neq", "must be in [0, 1]")
         check(0 <= self.ratio_one_step <= self.ratio_neq, f"{key}.ratio_one_step", "must be in [0, ratio_neq]")
 

@@ -19,6 +19,30 @@ def test_time_sampler_statistics():
     assert abs(t[plain].mean().item() - 1 / 3) < 0.01
 
 
+def test_fm_warmup_draws_plain_pairs_until_its_step():
+    ts = TimeSampler("uniform", ratio_neq=0.5, ratio_one_step=0.2, fm_warmup=100)
+    g = torch.Generator().manual_seed(0)
+    for step, expect_neq in [(0, 0.0), (99, 0.0), (100, 0.5), (5000, 0.5), (3, 0.0)]:   # resuming goes back too
+        ts.set_step(step)
+        t, r = ts.sample(50_000, g)
+        assert abs((r != t).float().mean().item() - expect_neq) < 0.01, step
+        assert abs(((t == 0) & (r == 1)).float().mean().item() - 0.4 * expect_neq) < 0.01, step
+
+
+def test_fm_warmup_is_switched_by_the_training_step():
+    from rmflow.config import load_config
+    from rmflow.train import Trainer
+    cfg = load_config("ring", ["flow.time.fm_warmup=10", "flow.time.ratio_neq=0.5", "train.steps=12",
+                               "train.progress=false", "train.compile=false"])
+    tr = Trainer(cfg, None)
+    times = tr.objective.cmfm.times
+    assert times.fm_warmup == 10 and times._warming
+    tr.train(10)      # steps 0..9 ran: the last one was set to step 9
+    assert times._warming
+    tr.train(12)
+    assert not times._warming
+
+
 def test_logit_normal_times():
     ts = TimeSampler("logit_normal", mean=-0.4, std=1.0, ratio_neq=1.0)
     t, r = ts.sample(200_000, torch.Generator().manual_seed(1))
@@ -32,6 +56,8 @@ def test_time_settings_are_refused_where_the_config_loads():
         load_config("ring", ["flow.time.ratio_neq=1.5"])
     with pytest.raises(ConfigError, match="flow.time.dist"):
         load_config("ring", ["flow.time.dist=beta"])
+    with pytest.raises(ConfigError, match="flow.time.fm_warmup"):
+        load_config("ring", ["flow.time.fm_warmup=-1"])
 
 
 class Counting(nn.Module):

@@ -181,3 +181,22 @@ def test_molecule_grid_falls_back_to_a_projection_without_rdkit_drawing(tmp_path
     panels = {"data": (torch.tensor(pos), torch.tensor(typ), torch.tensor(mask))}
     plots.molecule_grid(panels, tmp_path / "grid.png", per_row=3)
     assert (tmp_path / "grid.png").stat().st_size > 5000
+
+
+def test_geometry_report_on_hand_built_molecules():
+    # methane (C–H 1.09 Å), water (O–H 0.96 Å), and CH3 (a carbon one bond short)
+    t, p = methane()
+    pos, typ, mask = pack([methane(), water(), (t[:4], p[:4])])
+    r = M.geometry_report(pos, typ, mask)
+    assert r["stable_H"] == 1.0 and r["stable_O"] == 1.0 and r["stable_C"] == 0.5      # the CH3 carbon fails
+    assert math.isnan(r["stable_N"]) and math.isnan(r["stable_F"])
+    assert r["under_valent"] == pytest.approx(1 / 12) and r["over_valent"] == 0.0
+    # 9 hydrogens: 2 at 0.96 Å, 7 at 1.09 Å -> quantiles by numpy's linear rule on the sorted distances
+    expect = np.quantile([0.96] * 2 + [1.09] * 7, M.QUANTILES)
+    assert np.allclose(r["h_bond_q"], expect)
+    # heavy atoms' nearest heavy neighbour: none in these molecules (one heavy atom each)
+    assert all(math.isnan(q) for q in r["heavy_nn_q"])
+    # two carbons 1.54 Å apart (ethane's C–C): every heavy atom's nearest heavy neighbour is at 1.54
+    pos2, typ2, mask2 = pack([([C, C], [[0, 0, 0], [1.54, 0, 0]])])
+    r2 = M.geometry_report(pos2, typ2, mask2)
+    assert np.allclose(r2["heavy_nn_q"], 1.54) and r2["under_valent"] == 1.0

@@ -68,10 +68,29 @@ def test_bad_mask_shape():
 
 
 # ------------------------------------------------------------------------------------------------- EGNN
-@pytest.fixture
-def net():
+@pytest.fixture(params=[0, 8], ids=["d2", "rbf8"])
+def net(request):
     torch.manual_seed(0)
-    return EGNN(F, hidden=16, layers=3, time_dim=8, cond_dim=2).double()
+    return EGNN(F, hidden=16, layers=3, time_dim=8, cond_dim=2, distance_rbf=request.param, rbf_max=4.0).double()
+
+
+def test_distance_rbf_extends_the_edge_input():
+    """An RBF network whose RBF columns are zero is the plain network; nonzero columns change the output."""
+    torch.manual_seed(0)
+    plain = EGNN(F, hidden=16, layers=2, time_dim=8).double()
+    rbf = EGNN(F, hidden=16, layers=2, time_dim=8, distance_rbf=6, rbf_max=4.0).double()
+    state = plain.state_dict()
+    for name, w in rbf.state_dict().items():
+        if name.endswith("dist.weight"):
+            state[name] = torch.cat([state[name], torch.zeros(16, 6, dtype=w.dtype)], 1)
+    rbf.load_state_dict(state)
+    x, t, r, _, mask = inputs()
+    assert torch.allclose(rbf(x, t, r, None, mask), plain(x, t, r, None, mask), atol=1e-12)
+    with torch.no_grad():
+        rbf.layers[0].dist.weight[:, 2:] = 0.5
+    assert not torch.allclose(rbf(x, t, r, None, mask), plain(x, t, r, None, mask), atol=1e-6)
+    centres = rbf.layers[0].rbf_centres
+    assert torch.allclose(centres, torch.linspace(0, 4.0, 6).double()) and rbf.layers[0].rbf_width == pytest.approx(0.8)
 
 
 def inputs(counts=(7, 5, 3)):

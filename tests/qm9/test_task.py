@@ -33,6 +33,10 @@ def test_presets_load():
         assert (cfg.model.time_scale, cfg.model.time_max_period) == (10.0, 10000.0)   # as measured
     with pytest.raises(ValueError, match="task.condition"):
         load_config("qm9-cpu", ["task.condition=weight"])
+    with pytest.raises(ValueError, match="model.distance_rbf"):
+        load_config("qm9-cpu", ["model.distance_rbf=-1"])
+    with pytest.raises(ValueError, match="model.rbf_max"):
+        load_config("qm9-cpu", ["model.rbf_max=0"])
 
 
 def test_batch_and_reference(qm9_arrays, tmp_path):

@@ -86,6 +86,9 @@ class RMFlowObjective(nn.Module):
     # -- stage control -------------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
         self._in_nll_stage = step >= self.schedule.start
+        set_times_step = getattr(self.cmfm.times, "set_step", None)   # a custom time sampler may have no schedule
+        if set_times_step is not None:
+            set_times_step(step)
 
     def start_likelihood_stage(self, source: nn.Module) -> None:
         """The stage boundary: the pairing takes what it needs from `source` (the frozen teacher's weights)."""

@@ -11,12 +11,23 @@ class TimeSampler:
     and sorted; then a share `1 - ratio_neq` of the batch gets r = t (plain flow matching) and a share
     `ratio_one_step` gets (t, r) = (0, 1), the one-step map itself (0 <= ratio_one_step <= ratio_neq <= 1; the
     config checks the settings where it is loaded).
+
+    `fm_warmup` = k > 0: while the step set by `set_step` is below k, every row gets r = t (flow matching only),
+    so the network has a sensible instantaneous velocity before the MeanFlow target's (r - t)·du/dt term, built
+    from that network's own derivative, enters the loss (docs/METHOD.md §9). The switch is a Python flag that
+    changes once, so torch.compile recompiles once instead of every step.
     """
 
     def __init__(self, dist: str = "uniform", mean: float = 0.0, std: float = 1.0,
-                 ratio_neq: float = 0.25, ratio_one_step: float = 0.0):
+                 ratio_neq: float = 0.25, ratio_one_step: float = 0.0, fm_warmup: int = 0):
         self.dist, self.mean, self.std = dist, mean, std
         self.ratio_neq, self.ratio_one_step = ratio_neq, ratio_one_step
+        self.fm_warmup = fm_warmup
+        self._warming = fm_warmup > 0
+
+    def set_step(self, step: int) -> None:
+        """The training step about to run (the trainer calls this through the objective before every step)."""
+        self._warming = step < self.fm_warmup
 
     def _draw(self, n: int, generator, device) -> torch.Tensor:
         if self.dist == "uniform":
@@ -29,9 +40,10 @@ class TimeSampler:
         a, b = self._draw(batch_size, generator, device), self._draw(batch_size, generator, device)
         t, r = torch.minimum(a, b), torch.maximum(a, b)
         u = torch.rand(batch_size, generator=generator, device=device)
-        equal = u >= self.ratio_neq
+        ratio_neq, ratio_one_step = (0.0, 0.0) if self._warming else (self.ratio_neq, self.ratio_one_step)
+        equal = u >= ratio_neq
         r = torch.where(equal, t, r)
-        one_step = u < self.ratio_one_step
+        one_step = u < ratio_one_step
         t = torch.where(one_step, torch.zeros_like(t), t)
         r = torch.where(one_step, torch.ones_like(r), r)
         return t, r

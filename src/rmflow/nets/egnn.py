@@ -3,12 +3,16 @@
 x: (B, N, 3 + F) per atom [position | features], mask: (B, N, 1). Fully connected graph over real atoms. Layer l:
 
     d²_ij = ‖p_i - p_j‖²,   d_ij = sqrt(d²_ij + eps)                          (finite gradient at d = 0)
-    m_ij  = φ_e(h_i, h_j, d²_ij, d²_ij(input)) · sigmoid(w·m_ij)              (gated messages, i ≠ j, both real)
+    m_ij  = φ_e(h_i, h_j, d²_ij, d²_ij(input)[, ρ(d_ij)]) · sigmoid(w·m_ij)   (gated messages, i ≠ j, both real)
     h_i  ← h_i + φ_h(h_i, Σ_j m_ij / Z)                                        (invariant node update)
     p_i  ← p_i + Σ_j (p_i - p_j) / (d_ij + c) · tanh(φ_p(m_ij)) · R / Z       (equivariant, bounded by R/Z per edge)
 
-The first layer of φ_e is split as A h_i + B h_j + … so that its cost grows with N·H² instead of N²·H². Time
-enters as the embedding of (t, r - t) (MeanFlow's convention), added to h before every layer; an optional
+ρ(d) (optional, `distance_rbf` = K > 0): K Gaussian radial basis functions exp(-((d - μ_k)/Δ)²), centres μ_k evenly
+on [0, rbf_max], width Δ their spacing, so that messages resolve distances on the scale Δ instead of through one
+linear function of d².
+
+The first layer of φ_e is split as A h_i + B h_j + … so that its cost grows with N·H² instead of N²·H². Time enters
+as the embedding of (t, r - t) (MeanFlow's convention), added to h before every layer; an optional
 context (B, C) is concatenated to every atom's input features. Outputs: the position velocity p_L - p_0 with its
 centre of mass removed over real atoms, and a feature velocity from a linear read-out of h_L; both zero on
 padding. The network has no attention kernels, so torch.func.jvp (forward-mode AD) runs through it.
@@ -46,10 +50,15 @@ class EGNNLayer(nn.Module):
     """One message-passing step updating invariant features h (B, N, H) and positions p (B, N, 3)."""
 
     def __init__(self, hidden: int, coords_range: float, norm_constant: float, eps: float, norm_factor: float,
-                 edge_mlp: bool = True):
+                 edge_mlp: bool = True, distance_rbf: int = 0, rbf_max: float = 5.0):
         super().__init__()
         self.src, self.dst = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden, bias=False)
-        self.dist = nn.Linear(2, hidden, bias=False)
+        self.dist = nn.Linear(2 + distance_rbf, hidden, bias=False)
+        if distance_rbf:
+            self.register_buffer("rbf_centres", torch.linspace(0.0, rbf_max, distance_rbf), persistent=False)
+            self.rbf_width = rbf_max / max(distance_rbf - 1, 1)
+        else:
+            self.rbf_centres = None
         # edge_mlp=False drops the per-edge H×H layers (messages and coordinate weights become one-layer
         # functions of A h_i + B h_j + distances): about 5x cheaper on CPU, less expressive
         self.edge_out = (nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()) if edge_mlp else nn.SiLU())
@@ -67,7 +76,10 @@ class EGNNLayer(nn.Module):
         diff = p[:, :, None, :] - p[:, None, :, :]                       # (B, N, N, 3)
         d2 = diff.pow(2).sum(-1, keepdim=True)                            # (B, N, N, 1)
         dist = torch.sqrt(d2 + self.eps)
-        pre = self.src(h)[:, :, None, :] + self.dst(h)[:, None, :, :] + self.dist(torch.cat([d2, d2_init], -1))
+        edge = [d2, d2_init]
+        if self.rbf_centres is not None:
+            edge.append(torch.exp(-((dist - self.rbf_centres) / self.rbf_width) ** 2))   # (B, N, N, K)
+        pre = self.src(h)[:, :, None, :] + self.dst(h)[:, None, :, :] + self.dist(torch.cat(edge, -1))
         m = self.edge_out(pre)                                            # (B, N, N, H)
         m = torch.where(edge_keep, m * torch.sigmoid(self.gate(m)), 0)
         agg = m.sum(2) / self.norm_factor                                 # (B, N, H)
@@ -86,7 +98,8 @@ class EGNN(nn.Module):
     def __init__(self, num_features: int, hidden: int = 128, layers: int = 4, time_dim: int = 64,
                  cond_dim: int = 0, num_pos: int = 3, coords_range: float = 15.0, norm_constant: float = 1.0,
                  eps: float = 1e-8, norm_factor: float = 1.0, edge_mlp: bool = True,
-                 time_scale: float | None = None, time_max_period: float | None = None):
+                 time_scale: float | None = None, time_max_period: float | None = None, distance_rbf: int = 0,
+                 rbf_max: float = 5.0):
         super().__init__()
         if num_features < 1 or hidden < 1 or layers < 1:
             raise ValueError("num_features, hidden and layers must be >= 1")
@@ -100,8 +113,8 @@ class EGNN(nn.Module):
             self.time.t_emb = SinusoidalEmbedding(time_dim, **kw)
             self.time.h_emb = SinusoidalEmbedding(time_dim, **kw)
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
-        self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / layers, norm_constant, eps, norm_factor, edge_mlp)
-                                    for _ in range(layers))
+        self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / layers, norm_constant, eps, norm_factor, edge_mlp,
+                                              distance_rbf, rbf_max) for _ in range(layers))
         self.readout = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, num_features))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond=None, mask=None) -> torch.Tensor:

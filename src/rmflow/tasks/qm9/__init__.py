@@ -64,6 +64,8 @@ class QM9Model:
     edge_mlp: bool = True           # per-edge H×H layers (EDM-like); false is ~5x cheaper on CPU
     coords_range: float = 15.0      # total bound on a position update, split over the layers
     norm_constant: float = 1.0      # (p_i - p_j) / (d_ij + norm_constant)
+    distance_rbf: int = 0           # K > 0: K Gaussian radial basis functions of each distance, centres on
+    rbf_max: float = 5.0            # [0, rbf_max] Å, join the edge input (nets/egnn.py); 0 = d² only
     encoder_hidden: int = 64        # φ_ω width
     time_scale: float = 10.0        # sinusoid frequencies of the time embedding: from time_scale down to
     time_max_period: float = 10000.0  # time_scale / time_max_period (rad per unit t); 1000 / 10000 made
@@ -75,6 +77,8 @@ class QM9Model:
         check(self.time_dim % 2 == 0, f"{key}.time_dim", "must be even")
         check(self.coords_range > 0, f"{key}.coords_range", "must be > 0")
         check(self.norm_constant >= 0, f"{key}.norm_constant", "must be >= 0")
+        check(self.distance_rbf >= 0, f"{key}.distance_rbf", "must be >= 0 (0 = no radial basis)")
+        check(self.rbf_max > 0, f"{key}.rbf_max", "must be > 0 (Å)")
         check(self.time_scale > 0, f"{key}.time_scale", "must be > 0")
         check(self.time_max_period >= 1, f"{key}.time_max_period", "must be >= 1")
 
@@ -137,7 +141,8 @@ class QM9Task(Task):
         node = bool(t.condition) and t.condition_route in ("node", "both")
         egnn = EGNN(NUM_TYPES, hidden=m.hidden, layers=m.layers, time_dim=m.time_dim, cond_dim=1 if node else 0,
                     coords_range=m.coords_range, norm_constant=m.norm_constant, edge_mlp=m.edge_mlp,
-                    time_scale=m.time_scale, time_max_period=m.time_max_period)
+                    time_scale=m.time_scale, time_max_period=m.time_max_period, distance_rbf=m.distance_rbf,
+                    rbf_max=m.rbf_max)
         encoder = None
         if t.condition and t.condition_route in ("encoder", "both"):
             encoder = PropertyEncoder(1, NUM_TYPES, self.max_atoms, m.encoder_hidden, 3, t.encode_positions)
