@@ -22,13 +22,11 @@ from rmflow.tasks.qm9.metrics import decode, evaluate_molecules, geometry_report
 KEEP = ("atom_stable", "mol_stable", "valid")
 
 
-def report(x: torch.Tensor, mask: torch.Tensor, with_metrics: bool = True) -> dict:
+def report(x: torch.Tensor, mask: torch.Tensor) -> dict:
     """x (B, N, 3 + 5) model-space samples, mask (B, N, 1) -> the printed row."""
     pos, types, m = decode(x, mask)
-    out = geometry_report(pos, types, m)
-    if with_metrics:
-        out.update({k: v for k, v in evaluate_molecules(pos, types, m).items() if k in KEEP})
-    return out
+    metrics = evaluate_molecules(pos, types, m)
+    return geometry_report(pos, types, m) | {k: metrics[k] for k in KEEP}
 
 
 def main(argv=None) -> dict:

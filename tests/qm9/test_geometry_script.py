@@ -1,8 +1,6 @@
 """benchmarks/qm9_geometry.py on a toy QM9 run: a row for the data and for every sampler, and the data row is the
 reference molecules' own report (stable, with tight C–H bonds)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,10 +9,8 @@ pytest.importorskip("rdkit")
 from rmflow.config import build_config  # noqa: E402
 from rmflow.train import Trainer  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "qm9_geometry.py"
 
-
-def test_geometry_script_rows(qm9_arrays, qm9_cache, tmp_path):
+def test_geometry_script_rows(qm9_arrays, qm9_cache, tmp_path, benchmark_script):
     cfg = build_config({"name": "toy", "out_dir": str(tmp_path), "task": {"name": "qm9", "max_heavy_atoms": 3,
                         "cache": str(qm9_cache), "novelty": False},
                         "model": {"hidden": 8, "layers": 1, "time_dim": 8, "edge_mlp": False, "distance_rbf": 4},
@@ -22,9 +18,7 @@ def test_geometry_script_rows(qm9_arrays, qm9_cache, tmp_path):
                         "train": {"steps": 2, "batch_size": 4, "progress": False, "warmup_steps": 0,
                                   "ckpt_every": 2}})
     Trainer(cfg, cfg.run_dir).train()
-    spec = importlib.util.spec_from_file_location("qm9_geometry", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("qm9_geometry")
     out = tmp_path / "rows.json"
     rows = script.main([str(cfg.run_dir), "--samplers", "fm@2", "--num-samples", "8", "--json", str(out)])
     assert list(rows) == ["data", "fm@2"] and out.read_text() == json.dumps(rows, indent=1)
