@@ -150,6 +150,8 @@ def test_uniqueness_and_novelty():
     assert r["valid"] == 1.0
     assert r["unique"] == pytest.approx(3 / 4)          # {C, O, C#N} of 4 valid
     assert r["novel"] == pytest.approx(2 / 3)           # O and C#N are not in the training set
+    assert r["copied"] == pytest.approx(2 / 4)          # both methanes are copies, repeats counted
+    assert "copied" not in M.evaluate_molecules(pos, typ, mask)
 
 
 def test_decode_argmax_and_mask():

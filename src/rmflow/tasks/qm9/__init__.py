@@ -93,7 +93,8 @@ def to_model_space(split: QM9Split, type_scale: float) -> tuple[torch.Tensor, to
 class QM9Task(Task):
     metric_format = {"atom_stable": ("atom stab.", ".4f"), "mol_stable": ("mol. stab.", ".4f"),
                      "valid": ("valid", ".4f"), "unique": ("unique (of valid)", ".4f"),
-                     "novel": ("novel (of unique)", ".4f"), "novel_qm9": ("novel vs QM9 (of unique)", ".4f"),
+                     "novel": ("novel (of unique)", ".4f"), "copied": ("copies of training (of all)", ".4f"),
+                     "novel_qm9": ("novel vs QM9 (of unique)", ".4f"),
                      "mae": ("property MAE", ".4g"), "samples_per_s": ("samples/s", ".1f")}
 
     def __init__(self, cfg, arrays: dict | None = None):

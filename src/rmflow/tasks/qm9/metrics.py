@@ -204,7 +204,9 @@ def evaluate_molecules(positions, types, mask, training_smiles: set | None = Non
     """EDM's metrics for B molecules: positions (B, N, 3) Å, types (B, N) 0..4, mask (B, N).
 
     Returns atom_stable (stable atoms / real atoms), mol_stable, valid, unique (of valid), novel (of unique;
-    only when training_smiles is given) and the counts; for every (name, smiles set) of known_sets also
+    only when training_smiles is given), copied (only then too: the share of all B molecules, repeats counted,
+    that are exact copies of a training molecule — memorisation as a user meets it, which `novel` hides when one
+    training molecule is drawn many times) and the counts; for every (name, smiles set) of known_sets also
     name = unique SMILES outside that set / unique (e.g. novelty against all of QM9, not only the training part).
     Empty input gives NaN rates, never an exception; mismatched shapes or a real atom's type outside 0..4 raise
     ValueError."""
@@ -224,6 +226,7 @@ def evaluate_molecules(positions, types, mask, training_smiles: set | None = Non
            "num_molecules": float(n_mol)}
     if training_smiles is not None:
         out["novel"] = _rate(len(unique - training_smiles), len(unique))
+        out["copied"] = _rate(sum(s in training_smiles for s in valid), n_mol)
     for name, known in (known_sets or {}).items():
         out[name] = _rate(len(unique - known), len(unique))
     return out
