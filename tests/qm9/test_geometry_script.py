@@ -26,3 +26,23 @@ def test_geometry_script_rows(qm9_arrays, qm9_cache, tmp_path, benchmark_script)
     assert data["atom_stable"] > 0.9 and data["under_valent"] < 0.1
     assert 0.9 < data["h_bond_q"][2] < 1.15      # C–H / N–H / O–H bonds
     assert set(rows["fm@2"]) == set(data)
+
+
+def test_geometry_script_memorisation(qm9_arrays, qm9_cache, tmp_path, benchmark_script, monkeypatch):
+    """--memorisation: the data row is made of training molecules, so each valid one is a copy and none is novel;
+    novelty against 'all of QM9' (here stubbed by a set without methane) comes from that set."""
+    from rmflow.tasks.qm9 import QM9Task
+    cfg = build_config({"name": "toy", "out_dir": str(tmp_path), "task": {"name": "qm9", "max_heavy_atoms": 3,
+                        "cache": str(qm9_cache), "novelty": False},
+                        "model": {"hidden": 8, "layers": 1, "time_dim": 8, "edge_mlp": False},
+                        "rmflow": {"lambda_nll": 0.0}, "flow": {"time": {"ratio_neq": 0.0}},
+                        "train": {"steps": 1, "batch_size": 4, "progress": False, "warmup_steps": 0,
+                                  "ckpt_every": 1}})
+    Trainer(cfg, cfg.run_dir).train()
+    monkeypatch.setattr(QM9Task, "qm9_smiles", lambda self: self.training_smiles() - {"[H]C([H])([H])[H]"})
+    rows = benchmark_script("qm9_geometry").main([str(cfg.run_dir), "--samplers", "fm@1", "--num-samples", "40",
+                                                  "--memorisation"])
+    data = rows["data"]
+    assert data["copied"] == pytest.approx(data["valid"]) and data["novel"] == 0.0
+    assert 0.0 < data["novel_qm9"] < 1.0                 # methane is among the 40 smallest-subset molecules
+    assert {"unique", "novel", "copied", "novel_qm9"} <= set(rows["fm@1"])
