@@ -5,6 +5,8 @@ import torch
 from rmflow.flow import sample
 from rmflow.train.lora import LoRATrainer, adapter_parameter_names, is_adapted, load_adapter, trainer_class
 
+FULL = {"model.lora.rank": 0, "model.lora.full": "true"}
+
 
 def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -58,6 +60,41 @@ def test_resume_across_the_stage_boundary(tmp_path, text_encoder, tiny_config):
     assert resumed.resume() and resumed.step == 3 and is_adapted(resumed.model)
     resumed.train()
     assert resumed.history == full.history
+
+
+def test_full_fine_tuning_trains_every_net_weight_and_resumes(tmp_path, text_encoder, tiny_config):
+    """model.lora.full: the same stage 2 without adapters. Every weight of u_θ may move, φ_ω stays frozen, the
+    teacher holds the stage-1 EMA, stage 2 starts from that EMA, no adapter folder is written, and a run resumed
+    inside stage 2 reproduces the uninterrupted one."""
+    import pytest
+
+    from rmflow.errors import ConfigError
+    cfg = tiny_config(tmp_path, **FULL)
+    assert trainer_class(cfg) is LoRATrainer
+    tr = LoRATrainer(cfg, tmp_path / "run")
+    tr.train(2)
+    stage1 = {k: v.clone() for k, v in tr.ema.shadow.state_dict().items()}
+    tr.train_step()                               # the boundary: the model restarts from the stage-1 EMA
+    assert tr.in_stage2 and not is_adapted(tr.model) and not adapter_parameter_names(tr.model)
+    trainable = {n for n, p in tr.model.named_parameters() if p.requires_grad}
+    net = {n for n, _ in tr.model.named_parameters() if n.startswith("net.")}
+    assert net and net <= trainable and not {n for n in trainable if n.startswith("source.encoder.")}
+    tr.train(cfg.train.steps)
+    after = _snapshot(tr.model)
+    moved = {n for n in net if not torch.equal(after[n], stage1[n])}
+    assert len(moved) > len(net) // 2             # not only the layers LoRA would adapt
+    assert all(torch.equal(after[n], stage1[n]) for n in after if n.startswith("source.encoder."))
+    for k, v in tr.objective.pairing.teacher.state_dict().items():
+        assert torch.equal(v, stage1[k])
+    assert not (tmp_path / "run" / "adapter").exists()
+    part = LoRATrainer(cfg, tmp_path / "b", task=tr.task)
+    part.train(3)
+    resumed = LoRATrainer(cfg, tmp_path / "b", task=tr.task)
+    assert resumed.resume() and resumed.step == 3 and resumed.in_stage2
+    resumed.train()
+    assert resumed.history == tr.history
+    with pytest.raises(ConfigError, match="full"):
+        tiny_config(tmp_path, **{"model.lora.full": "true"})     # rank 2 from the tiny config: ambiguous
 
 
 def test_guidance_as_an_input_through_both_stages(tmp_path, text_encoder, tiny_config):

@@ -162,7 +162,12 @@ def test_presets_load():
     for name, space in (("mnist", "pixel"), ("mnist-latent", "latent")):
         cfg = load_config(name)
         assert (cfg.task.dataset, cfg.task.image_size, cfg.task.space) == ("mnist", 28, space)
-        assert set(cfg.compare) == {"meanflow", "flow_matching", "cmfm_lora", "rmflow_lora"}
+        assert set(cfg.compare) == {"meanflow", "flow_matching", "cmfm_lora", "rmflow_lora", "cmfm_full",
+                                    "rmflow_full"}
+        for kind in ("cmfm", "rmflow"):    # full fine-tuning: the LoRA row's settings, every weight of u_θ instead
+            lora, full = cfg.compare[f"{kind}_lora"], cfg.compare[f"{kind}_full"]
+            assert lora.start_from == full.start_from == "meanflow" and lora.samplers == full.samplers
+            assert full.set == {**lora.set, "model.lora.rank": 0, "model.lora.full": True}
         assert cfg.model.guidance_embed and (cfg.flow.guidance.p_drop, cfg.flow.guidance.w_max) == (0.1, 4.0)
 
 

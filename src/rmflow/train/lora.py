@@ -6,6 +6,8 @@
                                               layers named in `target_modules`; only A, B (and φ_ω when
                                               `train_encoder`, and a learned refinement scale) train, with
                                               L = L_CMFM + λ1·L_NLL + λ2·‖φ_ω(c)‖²
+                                              (`model.lora.full`: every weight of u_θ trains instead of adapters,
+                                              all else the same: full fine-tuning, the control for LoRA)
 
 At the stage boundary the frozen teacher (pairing "teacher") is copied from the stage-1 EMA, the model starts
 from the stage-1 EMA weights (`from_ema`), the EMA and the optimiser are rebuilt over the trainable weights.
@@ -26,9 +28,9 @@ from .build import build_ema, build_optimizer
 from .trainer import Trainer
 
 def lora_config_of(cfg) -> LoRAConfig | None:
-    """The LoRA section of a config (cfg.model.lora) when it asks for a LoRA stage, else None."""
+    """The LoRA section of a config (cfg.model.lora) when it asks for a stage 2 (adapters, or `full`), else None."""
     lora = getattr(cfg.model, "lora", None)
-    return lora if lora is not None and lora.rank > 0 else None
+    return lora if lora is not None and (lora.rank > 0 or lora.full) else None
 
 
 def is_adapted(model: nn.Module) -> bool:
@@ -36,14 +38,18 @@ def is_adapted(model: nn.Module) -> bool:
     return isinstance(model.net, PeftModel)
 
 
-def inject_lora(model: nn.Module, lora: LoRAConfig) -> nn.Module:
+def enter_stage2(model: nn.Module, lora: LoRAConfig) -> nn.Module:
     """Wrap model.net (an RMFlow's network) in a peft LoRA model and freeze everything but the adapters
-    (φ_ω too unless `train_encoder`; a learned refinement scale stays trainable). Returns model (in place)."""
-    from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), bias="none")
+    (φ_ω too unless `train_encoder`; a learned refinement scale stays trainable). With `lora.full` no adapters:
+    every weight of model.net trains, the rest is frozen alike. Returns model (in place)."""
     model.requires_grad_(False)
-    model.net = get_peft_model(model.net, config)          # freezes the base net, adapters trainable
+    if lora.full:
+        model.net.requires_grad_(True)
+    else:
+        from peft import LoraConfig, get_peft_model
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), bias="none")
+        model.net = get_peft_model(model.net, config)      # freezes the base net, adapters trainable
     encoder = getattr(model.source, "encoder", None)
     if encoder is not None and lora.train_encoder:
         encoder.requires_grad_(True)
@@ -88,8 +94,8 @@ def adapt_for_checkpoint(cfg, model: nn.Module, step: int) -> nn.Module:
     """Give `model` the structure of a checkpoint written at `step`: LoRA adapters once the LoRA stage began
     (after rmflow.nll_start_step), so that the checkpoint's weights load into it."""
     lora = lora_config_of(cfg)
-    if lora is not None and step > cfg.rmflow.nll_start_step and not is_adapted(model):
-        inject_lora(model, lora)
+    if lora is not None and not lora.full and step > cfg.rmflow.nll_start_step and not is_adapted(model):
+        enter_stage2(model, lora)
     return model
 
 
@@ -100,7 +106,8 @@ class LoRATrainer(Trainer):
         super().__init__(cfg, run_dir, task, **kwargs)
         self.lora = lora_config_of(cfg)
         if self.lora is None:
-            raise ValueError("config key 'model.lora.rank': LoRATrainer needs rank >= 1")
+            raise ValueError("config key 'model.lora.rank': LoRATrainer needs rank >= 1 (or model.lora.full)")
+        self.in_stage2 = False
         self.stage2_step = cfg.rmflow.nll_start_step
         check(0 < self.stage2_step < cfg.train.steps, "rmflow.nll_start_step",
               f"is the LoRA stage boundary and must lie in (0, train.steps={cfg.train.steps})")
@@ -111,7 +118,8 @@ class LoRATrainer(Trainer):
         super().start_likelihood_stage()
         if self.lora.from_ema:
             self.model.load_state_dict(self.ema.shadow.state_dict())
-        inject_lora(self.model, self.lora)
+        enter_stage2(self.model, self.lora)
+        self.in_stage2 = True
         self.ema = build_ema(self.cfg, self.model)
         self.optimizer = build_optimizer(self.cfg, self.model, self.lora.lr or None)
 
@@ -121,7 +129,7 @@ class LoRATrainer(Trainer):
         return super()._lr(step)
 
     def _load(self, tensors, state, warm_start, path) -> None:
-        if int(state["step"]) > self.stage2_step and not is_adapted(self.model):
+        if int(state["step"]) > self.stage2_step and not self.in_stage2:
             self.start_likelihood_stage()     # rebuild the stage-2 structure, then load its weights
         super()._load(tensors, state, warm_start, path)
 
