@@ -92,7 +92,8 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 def adapt_for_checkpoint(cfg, model: nn.Module, step: int) -> nn.Module:
     """Give `model` the structure of a checkpoint written at `step`: LoRA adapters once the LoRA stage began
-    (after rmflow.nll_start_step), so that the checkpoint's weights load into it."""
+    (after rmflow.nll_start_step), so that the checkpoint's weights load into it. Full fine-tuning (`lora.full`)
+    keeps the network's structure, so there is nothing to do (and the loaded model stays frozen)."""
     lora = lora_config_of(cfg)
     if lora is not None and not lora.full and step > cfg.rmflow.nll_start_step and not is_adapted(model):
         enter_stage2(model, lora)
