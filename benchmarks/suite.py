@@ -522,7 +522,7 @@ def plot_samples(root: Path, targets: list[str], path: Path, n: int = 5000, seed
     plt.close(fig)
 
 
-PROBE_SAMPLERS = {"control": ["meanflow@1", "meanflow@8"], "fm": ["fm@100"], "imf": ["meanflow@1", "meanflow@8"]}
+PROBE_SAMPLERS = {"control": ["meanflow@1", "meanflow@8", "fm@100"], "fm": ["fm@100"], "imf": ["meanflow@1", "meanflow@8"]}
 
 
 def probe(target: str, seed: int, method: str, out: Path, tag: str, overrides: list[str], points: int, log) -> dict:

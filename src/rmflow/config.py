@@ -35,6 +35,7 @@ class TimeConfig:
     ratio_one_step: float = 0.0    # share with (t, r) = (0, 1), included in ratio_neq
     fm_warmup: int = 0             # the first k training steps draw r = t only (flow matching); MeanFlow rows
                                    # (ratio_neq, ratio_one_step) from step k on (docs/METHOD.md §9)
+    pair_dist: Literal["same", "uniform"] = "same"   # the r != t rows' draw: like `dist`, or two sorted uniforms
 
     def validate(self, key: str) -> None:
         check(self.std > 0, f"{key}.std", "must be > 0")

@@ -56,7 +56,7 @@ def test_probe_records_rows_at_each_point_and_the_training_trace(suite, tmp_path
                 "train.steps=12", "train.log_every=4", "train.adam_beta2=0.99"])
     result = json.loads((tmp_path / "probe" / "ring8-s0-b2.json").read_text())
     assert [(r["sampler"], r["step"]) for r in result["rows"]] == [
-        (s, k) for k in (4, 8, 12) for s in ("meanflow@1", "meanflow@8")]
+        (s, k) for k in (4, 8, 12) for s in ("meanflow@1", "meanflow@8", "fm@100")]
     assert [t["step"] for t in result["trace"]] == [4, 8, 12]
     assert {"cmfm", "grad_norm", "dudt_norm_max"} <= set(result["trace"][0])
     assert "train.adam_beta2=0.99" in result["overrides"]

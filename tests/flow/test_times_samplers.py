@@ -50,6 +50,24 @@ def test_logit_normal_times():
     assert abs(logits.mean().item() + 0.4) < 0.02 and abs(logits.std().item() - 1.0) < 0.02
 
 
+def test_pair_dist_uniform_draws_only_the_mean_flow_pairs_uniformly():
+    g = torch.Generator().manual_seed(2)
+    ts = TimeSampler("logit_normal", mean=2.0, std=1.0, ratio_neq=0.5, pair_dist="uniform")
+    t, r = ts.sample(400_000, g)
+    assert (t <= r).all()
+    pairs, plain = r != t, r == t
+    assert abs(pairs.float().mean().item() - 0.5) < 0.01
+    # the pairs: min / max of two uniforms, means 1/3 and 2/3, and P(t < 0.2) = 1 - 0.8² = 0.36
+    assert abs(t[pairs].mean().item() - 1 / 3) < 0.005 and abs(r[pairs].mean().item() - 2 / 3) < 0.005
+    assert abs((t[pairs] < 0.2).float().mean().item() - 0.36) < 0.005
+    # the r = t rows keep the logit-normal draw: the min of two sigmoid(N(2, 1)), P(t < 0.5) = 1 - (1 - Φ(-2))²
+    p_below = 1 - (1 - 0.5 * (1 + torch.erf(torch.tensor(-2.0) / 2 ** 0.5)).item()) ** 2
+    assert abs((t[plain] < 0.5).float().mean().item() - p_below) < 0.003
+    # "same" (the default) draws the pairs like the plain rows: P(t < 0.2) among them is ≈ 0.0007
+    t, r = TimeSampler("logit_normal", mean=2.0, std=1.0, ratio_neq=0.5).sample(400_000, g)
+    assert (t[r != t] < 0.2).float().mean().item() < 0.002
+
+
 def test_time_settings_are_refused_where_the_config_loads():
     from rmflow.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="flow.time.ratio_neq"):
@@ -58,6 +76,8 @@ def test_time_settings_are_refused_where_the_config_loads():
         load_config("ring", ["flow.time.dist=beta"])
     with pytest.raises(ConfigError, match="flow.time.fm_warmup"):
         load_config("ring", ["flow.time.fm_warmup=-1"])
+    with pytest.raises(ConfigError, match="flow.time.pair_dist"):
+        load_config("ring", ["flow.time.pair_dist=logit_normal"])
 
 
 class Counting(nn.Module):

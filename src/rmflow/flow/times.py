@@ -12,6 +12,11 @@ class TimeSampler:
     `ratio_one_step` gets (t, r) = (0, 1), the one-step map itself (0 <= ratio_one_step <= ratio_neq <= 1; the
     config checks the settings where it is loaded).
 
+    `pair_dist` = "uniform" draws the rows with r != t from two uniform times (sorted) whatever `dist` is, so a
+    `dist` that concentrates the flow-matching rows near the data (logit-normal with mean > 0, which sharpens the
+    instantaneous velocity at small noise) does not also take away the long jumps from t near 0 that one-step
+    sampling needs (docs/results/qm9.md §7). "same" (the default) draws them like the r = t rows.
+
     `fm_warmup` = k > 0: while the step set by `set_step` is below k, every row gets r = t (flow matching only),
     so the network has a sensible instantaneous velocity before the MeanFlow target's (r - t)·du/dt term, built
     from that network's own derivative, enters the loss (docs/METHOD.md §9). The switch is a Python flag that
@@ -19,8 +24,9 @@ class TimeSampler:
     """
 
     def __init__(self, dist: str = "uniform", mean: float = 0.0, std: float = 1.0,
-                 ratio_neq: float = 0.25, ratio_one_step: float = 0.0, fm_warmup: int = 0):
-        self.dist, self.mean, self.std = dist, mean, std
+                 ratio_neq: float = 0.25, ratio_one_step: float = 0.0, fm_warmup: int = 0,
+                 pair_dist: str = "same"):
+        self.dist, self.mean, self.std, self.pair_dist = dist, mean, std, pair_dist
         self.ratio_neq, self.ratio_one_step = ratio_neq, ratio_one_step
         self.fm_warmup = fm_warmup
         self._warming = fm_warmup > 0
@@ -42,7 +48,13 @@ class TimeSampler:
         u = torch.rand(batch_size, generator=generator, device=device)
         ratio_neq, ratio_one_step = (0.0, 0.0) if self._warming else (self.ratio_neq, self.ratio_one_step)
         equal = u >= ratio_neq
-        r = torch.where(equal, t, r)
+        if self.pair_dist == "uniform":
+            c, d = torch.rand(batch_size, generator=generator, device=device), \
+                torch.rand(batch_size, generator=generator, device=device)
+            t = torch.where(equal, t, torch.minimum(c, d))
+            r = torch.where(equal, t, torch.maximum(c, d))
+        else:
+            r = torch.where(equal, t, r)
         one_step = u < ratio_one_step
         t = torch.where(one_step, torch.zeros_like(t), t)
         r = torch.where(one_step, torch.ones_like(r), r)

@@ -97,7 +97,7 @@ def build_guidance(cfg: Config, model: nn.Module, task: Task) -> ClassifierFreeG
 
 def build_objective(cfg: Config, model: nn.Module, task: Task, device: torch.device) -> RMFlowObjective:
     f, rm, t = cfg.flow, cfg.rmflow, cfg.flow.time
-    times = TimeSampler(t.dist, t.mean, t.std, t.ratio_neq, t.ratio_one_step, t.fm_warmup)
+    times = TimeSampler(t.dist, t.mean, t.std, t.ratio_neq, t.ratio_one_step, t.fm_warmup, t.pair_dist)
     cmfm = CMFMLoss(times, f.adaptive_p, f.adaptive_c, f.jvp, f.jvp_subset, f.objective)
     schedule = LikelihoodSchedule(rm.nll_start_step, rm.nll_batch, rm.batch_split)
     pairing = build_pairing(cfg, model, task, device)
