@@ -5,6 +5,7 @@
     python benchmarks/suite.py stage2 runs/suite [--targets ...] [--seeds ...]   # after a change to stage 2 only
     python benchmarks/suite.py mf-one runs/suite [--targets ...] [--seeds ...]   # add the one-run MeanFlow baseline
     python benchmarks/suite.py report runs/suite --md docs/results/suite.md --figures docs/figures
+    python benchmarks/suite.py diff docs/results/S10k runs/suite-candidate   # a candidate default against the default
 
 Every (target, seed) trains from the library's code defaults; only the data (`task.dataset`) differs between
 targets, and `key=value` overrides (the same for every target) exist to explore candidate defaults on the
@@ -451,6 +452,46 @@ def means_table(res, keys, labels=("RMF-1", "control MF-1", "MF-8", "MF-8 (one r
     return "\n".join(lines)
 
 
+DIFF_LABELS = ("RMF-1", "control MF-1", "MF-8", "MF-8 (one run)", "FM-100")
+DIFF_KEYS = ("tv_half", "sliced_w2", "off_mode", "mode_err")
+
+
+def diff(base: Path, candidate: Path, labels=DIFF_LABELS) -> str:
+    """Paired comparison of two suite roots trained with different settings (the code default against a candidate
+    default): for every (target, seed) that both hold and every sampler row, each of DIFF_KEYS as `base → candidate`
+    and how many of the eight metrics (KEYS) the candidate improved; then per sampler the totals over all pairs.
+    The table that decides a new default on the development subset (docs/RESULTS.md §1)."""
+    A, B = load_results(base), load_results(candidate)
+    head = ["target", "seed", "sampler", *DIFF_KEYS, "improved"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    totals = {label: [0, 0] for label in labels}
+    per_target: dict[str, dict[str, list[int]]] = {}
+    for target, results in B.items():
+        for rb in sorted(results, key=lambda r: r["seed"]):
+            ra = next((r for r in A.get(target, []) if r["seed"] == rb["seed"]), None)
+            if ra is None:
+                continue
+            for label in labels:
+                pairs = {k: (_values([ra], label, k), _values([rb], label, k)) for k in KEYS}
+                pairs = {k: (a[0], b[0]) for k, (a, b) in pairs.items() if len(a) and len(b)}
+                if not pairs:
+                    continue
+                better = sum((b < a) == LOWER_IS_BETTER[k] and b != a for k, (a, b) in pairs.items())
+                for tally in (totals[label], per_target.setdefault(target, {}).setdefault(label, [0, 0])):
+                    tally[0] += better
+                    tally[1] += len(pairs)
+                cells = [f"{pairs[k][0]:.3f} → {pairs[k][1]:.3f}" if k in pairs else "–" for k in DIFF_KEYS]
+                lines.append(f"| {target} | {rb['seed']} | {label} | " + " | ".join(cells)
+                             + f" | {better}/{len(pairs)} |")
+    lines += ["", "Per target (metrics improved / compared, summed over its paired seeds):", "",
+              "| target | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines += [f"| {target} | " + " | ".join(f"{row[label][0]}/{row[label][1]}" if label in row else "–"
+                                           for label in labels) + " |" for target, row in sorted(per_target.items())]
+    lines += ["", "Totals (metrics improved / compared, all pairs): " + ", ".join(
+        f"{label} {b}/{n}" for label, (b, n) in totals.items() if n)]
+    return "\n".join(lines)
+
+
 def plot_curves(res, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -585,11 +626,17 @@ def main(argv=None) -> None:
     pr.add_argument("--out", type=Path, default=Path("runs/suite"))
     pr.add_argument("--points", type=int, default=8)
     pr.add_argument("overrides", nargs="*")
+    d = sub.add_parser("diff", help="base → candidate per (target, seed) and sampler: which settings are better")
+    d.add_argument("base", type=Path)
+    d.add_argument("candidate", type=Path)
     q = sub.add_parser("report")
     q.add_argument("root", type=Path)
     q.add_argument("--md", type=Path)
     q.add_argument("--figures", type=Path)
     a = p.parse_args(argv)
+    if a.cmd == "diff":
+        print(diff(a.base, a.candidate))
+        return
     if a.cmd == "report":
         print(report(a.root, a.md, a.figures))
         return

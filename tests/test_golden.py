@@ -42,7 +42,7 @@ RING = {  # the ring preset's top level at commit 33c815f
 
 
 LEGACY = {  # code defaults at commit 33c815f that have changed since
-    "flow": {"adaptive_p": 1.0},
+    "flow": {"adaptive_p": 1.0, "time": {"dist": "uniform", "mean": 0.0, "pair_dist": "same"}},
     "rmflow": {"teacher_steps": 32, "refine": "fixed", "mixture_components": 2, "sigma_min": 0.1, "teacher_bank": 0,
                "teacher_filter": 0.0, "nll_focus": 0.0, "teacher_sampler": "meanflow", "cmfm_velocity": "data",
                "nll_batch": 1.0, "batch_split": False, "focus_errors": "fresh", "nll_start_step": 5000},
@@ -50,11 +50,11 @@ LEGACY = {  # code defaults at commit 33c815f that have changed since
 }
 
 
-def _legacy(data: dict) -> dict:
-    """`data` on top of the legacy defaults (its own settings win)."""
-    out = copy.deepcopy(LEGACY)
-    for section, values in data.items():
-        out[section] = {**out[section], **values} if section in out and isinstance(values, dict) else values
+def _legacy(data: dict, legacy: dict = LEGACY) -> dict:
+    """`data` on top of the legacy defaults, merged key by key at every depth (its own settings win)."""
+    out = copy.deepcopy(legacy)
+    for key, value in data.items():
+        out[key] = _legacy(value, out[key]) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

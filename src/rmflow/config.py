@@ -28,14 +28,16 @@ __all__ = ["ConfigError", "check", "Config", "load_config", "build_config", "rea
 # ---------------------------------------------------------------------------------------------------- sections
 @dataclass
 class TimeConfig:
-    dist: Literal["uniform", "logit_normal"] = "uniform"
-    mean: float = 0.0              # logit-normal location (prior at t = 0, data at t = 1)
+    # default: the r = t rows from logit-normal(1, 1) (towards the data), the r != t pairs from two sorted uniforms
+    # (docs/METHOD.md §6, chosen on the density suite's development subset, docs/RESULTS.md §1)
+    dist: Literal["uniform", "logit_normal"] = "logit_normal"
+    mean: float = 1.0              # logit-normal location (prior at t = 0, data at t = 1)
     std: float = 1.0
     ratio_neq: float = 0.25        # share of the batch with r != t
     ratio_one_step: float = 0.0    # share with (t, r) = (0, 1), included in ratio_neq
     fm_warmup: int = 0             # the first k training steps draw r = t only (flow matching); MeanFlow rows
                                    # (ratio_neq, ratio_one_step) from step k on (docs/METHOD.md §9)
-    pair_dist: Literal["same", "uniform"] = "same"   # the r != t rows' draw: like `dist`, or two sorted uniforms
+    pair_dist: Literal["same", "uniform"] = "uniform"   # the r != t rows' draw: two sorted uniforms, or like `dist`
 
     def validate(self, key: str) -> None:
         check(self.std > 0, f"{key}.std", "must be > 0")

@@ -60,3 +60,18 @@ def test_probe_records_rows_at_each_point_and_the_training_trace(suite, tmp_path
     assert [t["step"] for t in result["trace"]] == [4, 8, 12]
     assert {"cmfm", "grad_norm", "dudt_norm_max"} <= set(result["trace"][0])
     assert "train.adam_beta2=0.99" in result["overrides"]
+
+
+def test_diff_counts_the_metrics_the_candidate_improved_per_paired_seed(suite, tmp_path):
+    def result(root, seed, **metrics):
+        row = {"method": "rmflow", "sampler": "rmflow", "step": 3} | metrics
+        (root / "ring8").mkdir(parents=True, exist_ok=True)
+        (root / "ring8" / f"s{seed}.json").write_text(json.dumps(
+            {"target": "ring8", "seed": seed, "S": 2, "steps": 3, "final": [row], "curves": []}))
+    result(tmp_path / "a", 0, tv_half=0.3, off_mode=0.1, log_density=-3.0)
+    result(tmp_path / "b", 0, tv_half=0.2, off_mode=0.2, log_density=-2.0)   # better, worse, better (higher)
+    result(tmp_path / "b", 1, tv_half=0.1, off_mode=0.0, log_density=0.0)    # no seed 1 in the base: not compared
+    text = suite.diff(tmp_path / "a", tmp_path / "b")
+    assert "| ring8 | 0 | RMF-1 | 0.300 → 0.200 | – | 0.100 → 0.200 | – | 2/3 |" in text
+    assert "| ring8 | 1 |" not in text and text.endswith("RMF-1 2/3")
+    assert "| ring8 | 2/3 | – | – | – | – |" in text   # the per-target tally

@@ -15,7 +15,9 @@ class TimeSampler:
     `pair_dist` = "uniform" draws the rows with r != t from two uniform times (sorted) whatever `dist` is, so a
     `dist` that concentrates the flow-matching rows near the data (logit-normal with mean > 0, which sharpens the
     instantaneous velocity at small noise) does not also take away the long jumps from t near 0 that one-step
-    sampling needs (docs/results/qm9.md §7). "same" (the default) draws them like the r = t rows.
+    sampling needs (docs/results/qm9.md §7). "same" draws them like the r = t rows. The library's default
+    (config.TimeConfig) is logit-normal(1, 1) with pair_dist = "uniform" (docs/METHOD.md §6); this constructor's
+    own defaults are the plain uniform draw.
 
     `fm_warmup` = k > 0: while the step set by `set_step` is below k, every row gets r = t (flow matching only),
     so the network has a sensible instantaneous velocity before the MeanFlow target's (r - t)·du/dt term, built
