@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmflow.config import apply_overrides, build_config
+from rmflow.config import apply_overrides, build_config, deep_merge
 from rmflow.evaluate import draw_samples
 from rmflow.train.lora import trainer_class
 
@@ -50,12 +50,9 @@ LEGACY = {  # code defaults at commit 33c815f that have changed since
 }
 
 
-def _legacy(data: dict, legacy: dict = LEGACY) -> dict:
-    """`data` on top of the legacy defaults, merged key by key at every depth (its own settings win)."""
-    out = copy.deepcopy(legacy)
-    for key, value in data.items():
-        out[key] = _legacy(value, out[key]) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def _legacy(data: dict) -> dict:
+    """`data` on top of the legacy defaults, merged at every depth (its own settings win)."""
+    return deep_merge(copy.deepcopy(LEGACY), data)
 
 
 def _ring(*extra):
